@@ -17,6 +17,12 @@ import sys
 SUBCOMMANDS = {
     "train": ("pipeline.train", "Beam job: train, calibrate, evaluate and export an ECG detector"),
     "score": ("pipeline.score", "score a dataset in batch with an exported detector, to CSV"),
+    "denoise": ("pipeline.denoise", "image denoising: `denoise train` a model, `denoise run` a Beam job over images"),
+    "stream": ("streaming.consumer", "Kafka consumer group scoring heartbeats, emitting anomaly events"),
+    "broker": ("streaming.broker", "start a local Kafka-protocol broker (tansu, memory storage)"),
+    "replay": ("streaming.replay", "publish beats from a dataset or the generator to a topic at a rate"),
+    "tail": ("streaming.tail", "print the events of a topic readably"),
+    "demo": ("streaming.demo", "the whole flow on an embedded default: train, broker, stream, replay"),
 }
 
 

@@ -156,3 +156,6 @@ class Conv1DAutoencoder(Autoencoder):
                                                activation=config.output_activation),
                            keras.layers.Reshape((config.input_length,))]
         self.decoder = keras.Sequential(decoder_layers, name="decoder")
+
+
+MODELS = {"dense": DenseAutoencoder, "conv1d": Conv1DAutoencoder}

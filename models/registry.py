@@ -1,32 +1,39 @@
 """Autoencoders by name: the one place pipelines and benchmarks look models up.
 
 ``build("dense", {"latent_dim": 4})`` returns a ready Keras model; ``names()`` lists what exists.
-New architectures register themselves here with their config class.
+Each model module declares ``MODELS = {name: model_class}``; the modules are listed once below.
 """
 
 from __future__ import annotations
 
-from models.autoencoders import Conv1DAutoencoder, DenseAutoencoder, config_from_dict
+import importlib
 
-_REGISTRY = {
-    "dense": DenseAutoencoder,
-    "conv1d": Conv1DAutoencoder,
-}
+from models.autoencoders import config_from_dict
 
-# Models whose input is a flat beat of BEAT_LENGTH samples (usable by the ECG pipeline).
-ECG_MODELS = ("dense", "conv1d")
+MODEL_MODULES = ("models.autoencoders", "models.family", "models.denoisers")
+
+
+def _registry() -> dict:
+    registry = {}
+    for module_name in MODEL_MODULES:
+        for name, cls in importlib.import_module(module_name).MODELS.items():
+            if name in registry:
+                raise ValueError(f"model name {name!r} registered twice ({module_name})")
+            registry[name] = cls
+    return registry
 
 
 def names() -> tuple[str, ...]:
     """Registered model names, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(_registry()))
 
 
 def model_class(name: str):
     """The Keras model class registered under ``name``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(names())}")
-    return _REGISTRY[name]
+    registry = _registry()
+    if name not in registry:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(sorted(registry))}")
+    return registry[name]
 
 
 def build(name: str, parameters: dict | None = None):

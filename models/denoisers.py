@@ -1,0 +1,3 @@
+"""Convolutional denoising autoencoders for images, registered by name through ``MODELS``."""
+
+MODELS = {}
