@@ -286,7 +286,9 @@ def _cache_file_name(url: str) -> str:
 def _download(url: str, target: Path) -> None:
     """Download ``url`` to ``target`` through a temporary file in the same folder."""
     LOGGER.info("downloading %s to %s", url, target)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    handle, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
     try:
         with os.fdopen(handle, "wb") as output:
             copied = _copy_response(url, output)
@@ -687,7 +689,7 @@ def _raw_text(values: Any, label_text: Any, data_format: str, path: str) -> str:
 
 
 def iter_records(spec: DatasetSpec, open_fn: OpenFunction = open) -> Iterator[tuple[str, dict]]:
-    """Yield ``("record", record)`` for every good row and ``("error", error)`` for every bad one."""
+    """Yield ``("record", record)`` for each good row and ``("error", error)`` for each bad one."""
     pinned = with_resolved_format(spec, open_fn)
     for row_number, values, label_text in iter_raw_rows(pinned, open_fn):
         record, error = validate_row(row_number, values, label_text, pinned)

@@ -285,7 +285,9 @@ def _kind_counts_text(kinds: list[str]) -> str:
 def make_beats(kind: str, count: int, rng: np.random.Generator, noise_std: float) -> np.ndarray:
     """Make ``count`` z-normalised float32 beats of one ``kind``, drawing from ``rng``."""
     if kind not in _CLEAN_BUILDERS:
-        raise ValueError(f"unknown synthetic kind {kind!r}; choose from {', '.join(SYNTHETIC_KINDS)}")
+        raise ValueError(
+            f"unknown synthetic kind {kind!r}; choose from {', '.join(SYNTHETIC_KINDS)}"
+        )
     clean = _CLEAN_BUILDERS[kind](rng, count)
     gain = np.clip(1.0 + BEAT_GAIN_STD * rng.standard_normal((count, 1)), *BEAT_GAIN_RANGE)
     noisy = clean * gain + _baseline_wander(rng, count)
@@ -299,7 +301,7 @@ def sample_times() -> np.ndarray:
 
 
 def _render(amplitudes: np.ndarray, centres: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """Sum Gaussian bumps given per beat and wave (arrays ``[beats, waves]``) into ``[beats, 140]``."""
+    """Sum Gaussian bumps, given per beat and wave as ``[beats, waves]``, into ``[beats, 140]``."""
     times = sample_times()
     beats = np.zeros((amplitudes.shape[0], BEAT_LENGTH))
     for wave in range(amplitudes.shape[1]):
@@ -408,7 +410,7 @@ def _clean_st_shift(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def _smooth_box(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """About 1 between ``starts`` and ``ends`` (seconds, ``[count, 1]``), 0 elsewhere, soft edges."""
+    """About 1 between ``starts`` and ``ends`` (seconds, ``[count, 1]``), else 0; soft edges."""
     times = sample_times()
     rise = np.tanh((times - starts) / (2.0 * ST_EDGE_SECONDS))
     fall = np.tanh((times - ends) / (2.0 * ST_EDGE_SECONDS))

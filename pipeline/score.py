@@ -20,7 +20,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from models import datasets, metrics
 from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL
 from pipeline.config import parse_job_args
-from pipeline.train import ReadRows, ValidateRows, format_metrics, pipeline_options
+from pipeline.train import ReadRows, ValidateRows, format_metrics, open_with_beam_filesystems, pipeline_options
 
 LOGGER = logging.getLogger(__name__)
 CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class")
@@ -127,7 +127,7 @@ def run(argv=None) -> ScoreResult:
     from models.detector import resolve_version_directory
 
     model_directory = resolve_version_directory(config.model)
-    spec = config.dataset_spec()
+    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     errors_path = f"{config.out}.errors.jsonl"
     os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
     handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))

@@ -36,6 +36,8 @@ LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "heartwatch"
 SPLIT_KEY = "split"
 DEFAULT_RUNNER = "FnApiRunner"
+# Test-split errors as computed at training time, to check that reloaded exports agree.
+TEST_SCORES_FILE = "test_scores.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,8 @@ class TrainResult:
     summary: dict
 
 
-def _open_text(path: str, mode: str = "r"):
+def open_with_beam_filesystems(path: str, mode: str = "r"):
+    """Opens local or remote (gs://, s3://, hdfs://) files the same way on every Beam worker."""
     stream = FileSystems.open(path)
     return stream if "b" in mode else io.TextIOWrapper(stream, encoding="utf-8", newline="")
 
@@ -119,7 +122,7 @@ class ReadRows(beam.DoFn):
     """Reads one dataset's raw rows (row number, values, label text); the worker opens the file."""
 
     def process(self, spec: datasets.DatasetSpec):
-        yield from datasets.iter_raw_rows(spec, open_fn=_open_text)
+        yield from datasets.iter_raw_rows(spec, open_fn=open_with_beam_filesystems)
 
 
 class ValidateRows(beam.DoFn):
@@ -279,6 +282,9 @@ class ExportDetector(beam.DoFn):
 
         detector_directory = os.path.join(self.version_directory, SAVED_MODEL_DIRECTORY)
         detector.save(detector_directory)
+        np.savez(os.path.join(self.version_directory, TEST_SCORES_FILE),
+                 row_number=np.asarray([record[ROW_NUMBER_KEY] for record in test_records], dtype=np.int64),
+                 reconstruction_error=test_scores["reconstruction_error"])
         metrics_document = {"test": test_metrics, "threshold": threshold.to_dict(),
                             "candidates": [_candidate_summary(item) for item in candidates]}
         with open(os.path.join(self.version_directory, "metrics.json"), "w") as handle:
@@ -353,7 +359,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, version_directo
 
     from pipeline.transform import make_preprocessing_fn, raw_metadata
 
-    spec = config.dataset_spec()
+    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     work_directory = os.path.join(version_directory, "work")
     transform_directory = os.path.join(work_directory, "transform")
     errors_path = os.path.join(version_directory, "bad_rows.jsonl")
@@ -425,7 +431,7 @@ def run(argv=None) -> TrainResult:
     config, beam_args = parse_job_args(TrainConfig, argv, prog="heartwatch train")
     from models.detector import next_version_directory
 
-    spec = config.dataset_spec()
+    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     data_sha256 = _data_sha256(spec)
     version_directory = next_version_directory(config.output_dir)
     os.makedirs(version_directory, exist_ok=True)

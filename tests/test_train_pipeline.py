@@ -1,0 +1,159 @@
+"""The training job in layers: DoFns, Beam transforms with assert_that, then real end-to-end runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from conftest import BAD_ROWS, REPOSITORY
+from models import datasets
+from models.detector import load_detector
+from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
+from pipeline import score, splits, train
+from pipeline.transform import make_preprocessing_fn, raw_metadata
+
+
+def _spec(path="beats.txt"):
+    return datasets.DatasetSpec(path=path, format="ucr")
+
+
+def _test_pipeline():
+    return TestPipeline(runner="FnApiRunner")
+
+
+def test_validate_rows_dofn_splits_good_and_bad_rows():
+    function = train.ValidateRows(_spec())
+    function.setup()
+    good = list(function.process((3, ["0.1"] * BEAT_LENGTH, "1")))
+    bad = list(function.process((4, ["0.1"] * 10, "1")))
+    assert good[0]["row_number"] == 3 and good[0]["is_anomaly"] == 0 and good[0][BEAT_KEY].shape == (BEAT_LENGTH,)
+    assert bad[0].tag == train.ValidateRows.ERRORS
+    assert bad[0].value["row_number"] == 4 and bad[0].value["reason"].startswith("wrong length")
+
+
+def test_validate_and_split_transforms_with_assert_that():
+    rows = [(number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
+    rows.append((31, ["x"] * BEAT_LENGTH, "1"))
+    config = splits.SplitConfig(seed=5, test_fraction=0.2, validation_fraction=0.2)
+    expected = splits.assign_splits(["beats.txt"] * 30, list(range(1, 31)),
+                                    ["1" if number % 3 else "2" for number in range(1, 31)], config)
+    with _test_pipeline() as pipeline:
+        validated = (pipeline | beam.Create(rows)
+                     | beam.ParDo(train.ValidateRows(_spec())).with_outputs(train.ValidateRows.ERRORS, main="records"))
+        assigned = validated.records | train.AssignSplits(config)
+        assert_that(assigned | "Pairs" >> beam.Map(lambda record: (record["row_number"], record[train.SPLIT_KEY])),
+                    equal_to([(number, expected[number - 1]) for number in range(1, 31)]), label="splits")
+        assert_that(validated[train.ValidateRows.ERRORS] | beam.Map(lambda error: error["row_number"]),
+                    equal_to([31]), label="errors")
+
+
+def test_tft_minmax_normalizes_with_training_statistics():
+    import tensorflow_transform.beam as tft_beam
+
+    beats = [{BEAT_KEY: np.full(BEAT_LENGTH, value, np.float32)} for value in (2.0, 4.0, 6.0)]
+    beats[0][BEAT_KEY][0] = 0.0  # global minimum 0, maximum 6
+    with _test_pipeline() as pipeline, tft_beam.Context(temp_dir=pipeline.get_option("temp_location") or "/tmp"):
+        (transformed, _), _ = ((pipeline | beam.Create(beats), raw_metadata())
+                               | tft_beam.AnalyzeAndTransformDataset(make_preprocessing_fn("minmax")))
+        assert_that(transformed | beam.Map(lambda row: round(float(row[NORMALIZED_BEAT_KEY][1]), 5)),
+                    equal_to([round(2 / 6, 5), round(4 / 6, 5), 1.0]))
+
+
+def test_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="unknown normalization"):
+        make_preprocessing_fn("robust")
+
+
+def test_train_flags_are_validated_before_any_work():
+    with pytest.raises(ValueError, match="unknown candidate"):
+        train.run(["--candidates", "nonesuch"])
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        train.run(["--threshold_method", "median"])
+
+
+def test_training_needs_normal_rows(tmp_path, ecg5000_path):
+    with open(ecg5000_path) as handle:
+        abnormal = [line for line in handle if not line.split()[0].startswith("1.")][:40]
+    data = tmp_path / "abnormal.txt"
+    data.write_text("".join(abnormal))
+    with pytest.raises(Exception, match="no valid normal training rows"):
+        train.run(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--candidates", "dense",
+                   "--epochs", "1", "--verbose", "0"])
+
+
+def test_export_contents_and_quality(trained_detector):
+    card = trained_detector.summary
+    assert os.path.exists(os.path.join(trained_detector.detector_directory, "saved_model.pb"))
+    assert card["data"]["valid_rows"] == 500
+    assert sum(card["data"]["rows_by_split"].values()) == 500
+    assert card["normalization"]["normalization"] == "minmax"
+    assert card["normalization"]["min"] < card["normalization"]["max"]
+    assert card["threshold"]["method"] == "max_f1"
+    test_metrics = card["test_metrics"]
+    assert test_metrics["positive_class"] == "anomaly"
+    assert test_metrics["roc_auc"] >= 0.95 and test_metrics["accuracy"] >= 0.88
+    assert set(test_metrics["detection_rate_by_class"]) >= {"1", "2"}
+    for name in ("index.html", "loss.png", "error_histogram.png", "reconstructions.png", "roc_pr.png"):
+        assert os.path.getsize(os.path.join(trained_detector.version_directory, "report", name)) > 0
+    with open(os.path.join(trained_detector.version_directory, "metrics.json")) as handle:
+        assert json.load(handle)["test"]["accuracy"] == test_metrics["accuracy"]
+
+
+def test_bad_rows_are_reported_with_row_number_and_reason(trained_detector):
+    card = trained_detector.summary
+    assert card["data"]["bad_rows"] == len(BAD_ROWS)
+    with open(trained_detector.errors_path) as handle:
+        errors = [json.loads(line) for line in handle]
+    assert [error["row_number"] for error in errors] == list(range(501, 501 + len(BAD_ROWS)))
+    for error, (_, reason) in zip(errors, BAD_ROWS):
+        assert error["reason"].startswith(reason), error
+
+
+def test_export_reloads_in_fresh_process_with_tensorflow_alone(trained_detector, sample_with_bad_rows, tmp_path):
+    scores_at_training = np.load(os.path.join(trained_detector.version_directory, train.TEST_SCORES_FILE))
+    dataset = datasets.load_dataset(datasets.DatasetSpec(path=sample_with_bad_rows))
+    positions = np.searchsorted(dataset.row_numbers, scores_at_training["row_number"])
+    np.save(tmp_path / "beats.npy", dataset.beats[positions])
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "model = tf.saved_model.load(sys.argv[1])\n"
+        "out = model.signatures['serving_default'](beats=tf.constant(np.load(sys.argv[2])))\n"
+        "np.save(sys.argv[3], out['reconstruction_error'].numpy())\n"
+        "assert not any(name.startswith(('models', 'pipeline', 'tensorflow_transform')) for name in sys.modules)\n")
+    subprocess.run([sys.executable, "-c", script, trained_detector.detector_directory, str(tmp_path / "beats.npy"),
+                    str(tmp_path / "errors.npy")], check=True, cwd=tmp_path)
+    np.testing.assert_allclose(np.load(tmp_path / "errors.npy"), scores_at_training["reconstruction_error"],
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_detector_signature_outputs(trained_detector, ecg5000_path):
+    detector = load_detector(os.path.dirname(trained_detector.version_directory))
+    beats = datasets.load_dataset(datasets.DatasetSpec(path=ecg5000_path)).beats[:7]
+    out = detector.score(beats, batch_size=3)
+    assert out["per_sample_error"].shape == (7, BEAT_LENGTH)
+    np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
+    assert (out["threshold"] == np.float32(detector.threshold)).all()
+    assert (out["is_anomaly"] == (out["reconstruction_error"] > out["threshold"])).all()
+
+
+def test_score_command_end_to_end(trained_detector, sample_with_bad_rows, tmp_path):
+    result = score.run(["--model", trained_detector.version_directory, "--data", sample_with_bad_rows,
+                        "--out", str(tmp_path / "scores.csv"), "--batch_size", "64"])
+    assert result.scored_rows == 500 and result.bad_rows == len(BAD_ROWS)
+    scores = score.read_scores(result.out)
+    assert (scores["index"] == np.arange(1, 501)).all()
+    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    assert result.metrics["roc_auc"] >= 0.95 and result.metrics["recall"] >= 0.85
+
+
+def test_cli_lists_subcommands():
+    output = subprocess.run([sys.executable, "-m", "heartwatch_cli", "--help"], capture_output=True, text=True,
+                            cwd=REPOSITORY, check=True).stdout
+    for name in ("train", "score", "stream", "denoise"):
+        assert name in output
