@@ -1,0 +1,325 @@
+"""Denoisers and the denoising job in layers: models and training, DoFns, TestPipeline, then end-to-end runs."""
+
+import csv
+import json
+import os
+
+import apache_beam as beam
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+import heartwatch_cli
+from models import denoisers, images, registry
+from pipeline import denoise
+
+TINY_DNCNN = '{"depth": 4, "filters": 16}'
+IMAGE_SIZE = 16
+
+
+def _png(path, image):
+    pixels = images.to_uint8(image)
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels).save(path)
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small DnCNN trained and exported by `heartwatch denoise train` on generated images."""
+    root = tmp_path_factory.mktemp("denoisers")
+    return denoise.run(["train", "--data", f"synthetic:count=400,size={IMAGE_SIZE}", "--epochs", "4",
+                        "--batch_size", "32", "--model_parameters", TINY_DNCNN, "--output_dir", str(root),
+                        "--verbose", "0", "--seed", "0"])
+
+
+@pytest.fixture(scope="module")
+def image_directory(tmp_path_factory):
+    """Clean PNGs (one in a sub-directory, one larger, one JPEG), plus corrupt, empty, RGB and text files."""
+    directory = tmp_path_factory.mktemp("images")
+    clean = images.synthetic_images(5, IMAGE_SIZE, seed=7)
+    for index in range(4):
+        _png(directory / f"img{index}.png", clean[index])
+    (directory / "nested").mkdir()
+    _png(directory / "nested" / "wide.png", images.synthetic_images(1, 21, seed=8)[0][:, :19])
+    Image.fromarray(images.to_uint8(clean[4])[:, :, 0]).save(directory / "photo.jpg", quality=95)
+    _png(directory / "colour.png", images.synthetic_images(1, IMAGE_SIZE, channels=3, seed=9)[0])
+    (directory / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (directory / "empty.png").write_bytes(b"")
+    (directory / "README.txt").write_text("not an image")
+    return directory
+
+
+BAD_FILES = {"colour.png": "RGB image but the model denoises grayscale", "corrupt.png": "corrupt",
+             "empty.png": "empty file"}
+GOOD_FILES = ["img0.png", "img1.png", "img2.png", "img3.png", "nested/wide.png", "photo.jpg"]
+
+
+# ------------------------------------------------------------------------------ models and training
+
+
+def test_denoisers_are_registered_and_fully_convolutional():
+    assert {"denoise_tutorial", "dncnn"} <= set(registry.names())
+    tutorial = denoisers.build_denoiser("denoise_tutorial", 1)
+    for shape in ((2, 28, 28, 1), (1, 32, 12, 1)):
+        assert tutorial(np.zeros(shape, np.float32)).shape == shape
+    assert tutorial.size_multiple == 4 and tutorial.count_params() == 3217  # the tutorial's Denoise
+    dncnn = denoisers.build_denoiser("dncnn", 3, {"depth": 3, "filters": 8})
+    assert dncnn.size_multiple == 1 and dncnn.channels == 3
+    output = dncnn(np.full((1, 13, 17, 3), 0.5, np.float32)).numpy()
+    assert output.shape == (1, 13, 17, 3) and output.min() >= 0.0 and output.max() <= 1.0
+    errors = dncnn.per_sample_error(np.full((1, 5, 5, 3), 0.5, np.float32))
+    assert errors.shape == (1, 5, 5, 3)
+    with pytest.raises(ValueError, match="channels must be 1"):
+        denoisers.build_denoiser("dncnn", 2)
+    with pytest.raises(ValueError, match="unknown denoiser"):
+        denoisers.build_denoiser("dense", 1)
+
+
+def test_denoisers_survive_keras_save_and_load(tmp_path):
+    for name in denoisers.MODELS:
+        model = denoisers.build_denoiser(name, 1)
+        batch = np.random.default_rng(0).random((2, 12, 8, 1)).astype(np.float32)
+        path = str(tmp_path / f"{name}.keras")
+        model(batch)
+        model.save(path)
+        loaded = denoisers.load_denoiser(path)
+        assert type(loaded) is type(model) and loaded.config == model.config
+        np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+
+
+def test_noisy_batches_draw_fresh_noise_over_shuffled_clean_images():
+    clean = images.synthetic_images(10, 8, seed=1)
+    batches = denoisers.NoisyBatches(clean, images.NoiseSpec("gaussian", 0.2), batch_size=4, seed=0)
+    assert len(batches) == 3
+    noisy, targets = batches[0]
+    assert noisy.shape == targets.shape == (4, 8, 8, 1) and not np.array_equal(noisy, targets)
+    assert all(any(np.array_equal(target, image) for image in clean) for target in targets)
+    again, _ = batches[0]
+    assert not np.array_equal(noisy, again), "noise is drawn afresh every time"
+    assert sum(len(batches[index][1]) for index in range(len(batches))) == 10
+
+
+def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
+    clean = images.synthetic_images(60, 12, seed=2)
+    config = denoisers.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
+                                              batch_size=16, early_stopping_patience=0)
+    result = denoisers.train_denoiser(config, clean[:48], clean[48:], seed=3,
+                                      checkpoint_path=str(tmp_path / "best.weights.h5"), verbose=0)
+    losses = result.history["val_loss"]
+    assert result.epochs_run == 3 and result.best_validation_loss == min(losses)
+    assert result.best_epoch == int(np.argmin(losses)) + 1 and os.path.exists(tmp_path / "best.weights.h5")
+    validation_noisy = denoisers.fixed_noisy(clean[48:], config.noise_spec(), 3 + 1)
+    recomputed = float(np.mean((result.model.predict(validation_noisy, verbose=0) - clean[48:]) ** 2))
+    assert recomputed == pytest.approx(result.best_validation_loss, rel=1e-4)
+    with pytest.raises(ValueError, match="needs noise"):
+        denoisers.DenoiserTrainingConfig(noise="none")
+
+
+def test_denoise_batch_pads_groups_of_sizes_for_strided_models():
+    model = denoisers.build_denoiser("denoise_tutorial", 1)
+    batch = [images.synthetic_images(1, 10, seed=1)[0], images.synthetic_images(1, 16, seed=2)[0],
+             images.synthetic_images(1, 10, seed=3)[0]]
+    outputs = denoise.denoise_batch(model, batch)
+    assert [output.shape for output in outputs] == [(10, 10, 1), (16, 16, 1), (10, 10, 1)]
+    padded, _ = images.pad_to_multiple(batch[0][np.newaxis], 4)
+    np.testing.assert_allclose(outputs[0], model(padded).numpy()[0, :10, :10], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- pure job parts
+
+
+def test_image_metrics_summary_and_csv_rows():
+    clean = np.full((8, 8, 1), 0.5, np.float32)
+    metrics = denoise.image_metrics(clean + 0.1, clean + 0.01, clean)
+    assert metrics["noisy_psnr"] == pytest.approx(20.0, abs=1e-4) and metrics["denoised_psnr"] == pytest.approx(40.0, abs=1e-3)
+    assert denoise.image_metrics(clean, clean, None) == {name: None for name in denoise.METRIC_NAMES}
+    combine = denoise.SummaryFn()
+    parts = [combine.add_input(combine.create_accumulator(), item)
+             for item in (metrics, denoise.image_metrics(clean, clean, clean), denoise.image_metrics(clean, clean, None))]
+    summary = combine.extract_output(combine.merge_accumulators(parts))
+    assert summary["denoised_images"] == 3 and summary["images_with_reference"] == 2
+    assert summary["images_with_infinite_psnr"] == 1 and summary["mean_psnr_gain"] == pytest.approx(20.0, abs=1e-3)
+    row = denoise.metrics_row({"key": "a,b.png", "denoised": clean, "metrics": metrics})
+    assert next(csv.reader([row]))[:4] == ["a,b.png", "8", "8", "1"]
+
+
+def test_run_config_validation():
+    with pytest.raises(ValueError, match="--input is required"):
+        denoise.DenoiseRunConfig()
+    with pytest.raises(ValueError, match="give one of them"):
+        denoise.DenoiseRunConfig(input="x", noise="gaussian", reference="y")
+    with pytest.raises(ValueError, match="usage"):
+        denoise.run(["fit"])
+
+
+# -------------------------------------------------------------------------------- DoFn.process
+
+
+def test_read_image_files_dofn_decodes_or_routes_errors(image_directory):
+    function = denoise.ReadImageFiles(str(image_directory))
+    function.setup()
+    good = list(function.process("nested/wide.png"))
+    assert good[0]["key"] == "nested/wide.png" and good[0]["image"].shape == (21, 19, 1) and good[0]["clean"] is None
+    bad = list(function.process("corrupt.png"))
+    assert bad[0].tag == "errors" and bad[0].value["key"] == "corrupt.png" and "corrupt" in bad[0].value["reason"]
+    missing = list(function.process("absent.png"))
+    assert missing[0].tag == "errors"
+
+
+def test_prepare_images_dofn_adds_reproducible_noise_and_refuses_wrong_channels():
+    function = denoise.PrepareImages("gaussian:0.2", seed=5, channels=1, convert_color=False)
+    function.setup()
+    image = images.synthetic_images(1, 8)[0]
+    record = {"key": "k", "position": "k", "format": "png", "image": image, "clean": None}
+    prepared = list(function.process(record))[0]
+    np.testing.assert_array_equal(prepared["clean"], image)
+    np.testing.assert_array_equal(prepared["image"], images.gaussian_noise(image, 0.2, denoise.noise_rng(5, "k")))
+    rgb = {**record, "image": np.repeat(image, 3, axis=-1)}
+    assert list(function.process(rgb))[0].tag == "errors"
+    converting = denoise.PrepareImages("none", seed=5, channels=1, convert_color=True)
+    converting.setup()
+    assert list(converting.process(rgb))[0]["image"].shape == (8, 8, 1)
+
+
+def test_read_array_rows_dofn_reports_unusable_rows(tmp_path):
+    array = np.random.default_rng(0).random((6, 5, 5)).astype(np.float32)
+    array[2, 0, 0] = np.nan
+    array[4, 1, 1] = 3.0
+    np.save(tmp_path / "x.npy", array)
+    function = denoise.ReadArrayRows(str(tmp_path / "x.npy"), None)
+    function.setup()
+    outputs = list(function.process((0, 6)))
+    function.teardown()
+    errors = {output.value["key"]: output.value["reason"] for output in outputs if hasattr(output, "tag")}
+    assert set(errors) == {"2", "4"} and "non-finite" in errors["2"] and "outside [0, 1]" in errors["4"]
+    good = [output for output in outputs if not hasattr(output, "tag")]
+    assert [record["position"] for record in good] == [0, 1, 3, 5]
+    np.testing.assert_array_equal(good[1]["image"][..., 0], array[1])
+
+
+def test_read_tfrecords_dofn_keeps_good_records_before_a_corrupt_tail(tmp_path):
+    path = str(tmp_path / "set.tfrecord")
+    encoded = images.encode_image(images.synthetic_images(1, 8)[0])
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(images.make_example("first", encoded))
+        writer.write(b"\x01\x02 not an example")
+        writer.write(images.make_example("third", encoded))
+    with open(path, "ab") as handle:
+        handle.write(b"\x00" * 30)
+    function = denoise.ReadTFRecords()
+    function.setup()
+    outputs = list(function.process(path))
+    assert [output["key"] for output in outputs if not hasattr(output, "tag")] == ["first", "third"]
+    reasons = [output.value["reason"] for output in outputs if hasattr(output, "tag")]
+    assert len(reasons) == 2 and "not a tf.train.Example" in reasons[0] and "corrupt TFRecord" in reasons[1]
+
+
+# ------------------------------------------------------------------------ TestPipeline + assert_that
+
+
+def test_pipeline_over_a_small_image_directory_with_a_corrupt_file(exported, image_directory, tmp_path):
+    config = denoise.DenoiseRunConfig(input=str(image_directory), model=exported.version_directory,
+                                      out=str(tmp_path), noise="gaussian:0.2", grid_images=3)
+    plan = denoise.plan_image_set(config)
+    assert plan.format == "images" and plan.skipped_files == 1
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        read = (pipeline | beam.Create(list(plan.tasks))
+                | beam.ParDo(denoise.ReadImageFiles(config.input)).with_outputs("errors", main="images"))
+        assert_that(read["errors"] | beam.Map(lambda error: error["key"]), equal_to(["corrupt.png", "empty.png"]),
+                    label="ReadErrors")
+        summary = denoise.build_pipeline(pipeline, config, plan, exported.version_directory, channels=1)
+        assert_that(summary | beam.Map(lambda item: (item["denoised_images"], item["bad_images"],
+                                                     item["images_with_reference"])),
+                    equal_to([(len(GOOD_FILES), len(BAD_FILES), len(GOOD_FILES))]), label="Summary")
+    assert sorted(os.listdir(tmp_path / "denoised")) == ["img0.png", "img1.png", "img2.png", "img3.png", "nested",
+                                                         "photo.jpg"]
+
+
+# --------------------------------------------------------------------------------- end to end
+
+
+def test_train_export_run_round_trip_on_an_image_directory(exported, image_directory, tmp_path):
+    card = json.loads(open(os.path.join(exported.version_directory, "model_card.json")).read())
+    assert card["model"]["name"] == "dncnn" and card["noise"]["spec"] == "gaussian:0.2"
+    assert card["metrics"]["test"]["denoised_psnr"] > card["metrics"]["test"]["noisy_psnr"] + 1.0
+    assert os.path.exists(exported.model_path) and os.path.exists(exported.grid_path)
+
+    out = tmp_path / "out"
+    result = denoise.run(["run", "--input", str(image_directory), "--model", os.path.dirname(exported.version_directory),
+                          "--out", str(out), "--noise", "gaussian:0.2", "--seed", "11", "--batch_size", "4"])
+    summary = result.summary
+    assert (summary["denoised_images"], summary["bad_images"], summary["skipped_files"]) == (len(GOOD_FILES), 3, 1)
+    assert summary["mean_denoised_psnr"] > summary["mean_noisy_psnr"] + 1.0
+    errors = {json.loads(line)["key"]: json.loads(line)["reason"] for line in open(result.errors_path)}
+    assert set(errors) == set(BAD_FILES) and all(BAD_FILES[key] in errors[key] for key in BAD_FILES)
+    rows = list(csv.DictReader(open(result.metrics_path)))
+    assert sorted(row["key"] for row in rows) == sorted(GOOD_FILES)
+    wide = next(row for row in rows if row["key"] == "nested/wide.png")
+    assert (wide["height"], wide["width"]) == ("21", "19") and float(wide["denoised_ssim"]) > float(wide["noisy_ssim"])
+    assert result.grid_path and os.path.exists(result.grid_path)
+
+    model = denoisers.load_denoiser(exported.model_path)
+    clean = images.decode_image((image_directory / "img2.png").read_bytes())
+    noisy = images.gaussian_noise(clean, 0.2, denoise.noise_rng(11, "img2.png"))
+    expected = images.to_uint8(model.predict(noisy[np.newaxis], verbose=0)[0])[:, :, 0]
+    written = _pixels(out / "denoised" / "img2.png")
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, "the job denoises the noisy image"
+    assert _pixels(out / "denoised" / "nested" / "wide.png").shape == (21, 19)
+    assert Image.open(out / "denoised" / "photo.jpg").format == "JPEG"
+
+
+def test_round_trip_on_arrays_and_tfrecords_through_the_cli(exported, tmp_path, capsys):
+    clean = images.synthetic_images(7, IMAGE_SIZE, seed=21)
+    array = images.to_uint8(clean[..., 0])
+    np.save(tmp_path / "set.npy", array)
+    model = denoisers.load_denoiser(exported.model_path)
+    expected = images.to_uint8(model.predict(array[..., np.newaxis].astype(np.float32) / 255.0, verbose=0))[..., 0]
+
+    status = heartwatch_cli.main(["denoise", "run", "--input", str(tmp_path / "set.npy"), "--model",
+                                  exported.version_directory, "--out", str(tmp_path / "npy_out"), "--chunk_size", "3",
+                                  "--batch_size", "2"])
+    assert status == 0 and "denoised: 7 images" in capsys.readouterr().out
+    written = np.load(tmp_path / "npy_out" / "denoised.npy")
+    assert written.dtype == np.uint8 and written.shape == array.shape
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
+
+    noisy = images.gaussian_noise(clean, 0.2, np.random.default_rng(0))
+    with tf.io.TFRecordWriter(str(tmp_path / "set.tfrecord")) as writer:
+        for index in range(len(clean)):
+            writer.write(images.make_example(f"r{index}", images.encode_image(noisy[index]),
+                                             clean_encoded=images.encode_image(clean[index])))
+    result = denoise.run(["run", "--input", str(tmp_path / "set.tfrecord"), "--model", exported.version_directory,
+                          "--out", str(tmp_path / "tf_out")])
+    records = [images.parse_example(record.numpy()) for record in tf.data.TFRecordDataset(result.output_path)]
+    assert sorted(record["key"] for record in records) == [f"r{index}" for index in range(7)]
+    assert images.decode_image(records[0]["encoded"]).shape == (IMAGE_SIZE, IMAGE_SIZE, 1)
+    assert result.summary["images_with_reference"] == 7
+    assert result.summary["mean_denoised_psnr"] > result.summary["mean_noisy_psnr"]
+
+    assert heartwatch_cli.main(["denoise", "run", "--input", str(tmp_path / "missing.npy"), "--model",
+                                exported.version_directory]) == 2
+    assert "input not found" in capsys.readouterr().err
+
+
+def test_rgb_model_and_npz_reference_round_trip(tmp_path):
+    trained = denoise.run(["train", "--data", "synthetic:count=40,size=12,channels=3", "--epochs", "1",
+                           "--model", "denoise_tutorial", "--output_dir", str(tmp_path / "models"), "--verbose", "0"])
+    assert trained.card["model"]["channels"] == 3 and trained.card["signature"]["size_multiple"] == 4
+    clean = images.synthetic_images(5, 10, channels=3, seed=3)
+    noisy = images.gaussian_noise(clean, 0.2, np.random.default_rng(1))
+    np.savez(tmp_path / "noisy.npz", images=noisy)
+    np.save(tmp_path / "clean.npy", clean)
+    result = denoise.run(["run", "--input", str(tmp_path / "noisy.npz"), "--reference", str(tmp_path / "clean.npy"),
+                          "--model", trained.version_directory, "--out", str(tmp_path / "out")])
+    with np.load(result.output_path) as archive:
+        assert archive.files == ["images"] and archive["images"].shape == (5, 10, 10, 3)
+    assert result.summary["images_with_reference"] == 5
+    assert result.summary["mean_noisy_psnr"] == pytest.approx(float(np.mean(images.psnr(clean, noisy))), abs=1e-3)
+    keras.backend.clear_session()

@@ -1,0 +1,272 @@
+"""Pure image functions: noise, PSNR/SSIM against known values and TensorFlow, padding, codecs, array files."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from models import images
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------- noise
+
+
+def test_noise_spec_parses_kinds_defaults_and_refuses_nonsense():
+    assert images.NoiseSpec.parse("gaussian:0.6") == images.NoiseSpec("gaussian", 0.6)
+    assert images.NoiseSpec.parse("speckle") == images.NoiseSpec("speckle", images.DEFAULT_NOISE_AMOUNTS["speckle"])
+    assert images.NoiseSpec.parse("Salt-and-Pepper:0.1") == images.NoiseSpec("salt_and_pepper", 0.1)
+    assert images.NoiseSpec.parse("none").is_none and images.NoiseSpec("gaussian", 0.0).is_none
+    assert str(images.NoiseSpec.parse("gaussian:0.20")) == "gaussian:0.2"
+    for text, message in (("blur:1", "unknown noise"), ("gaussian:x", "not a number"),
+                          ("gaussian:-1", ">= 0"), ("salt_and_pepper:2", "fraction")):
+        with pytest.raises(ValueError, match=message):
+            images.NoiseSpec.parse(text)
+
+
+def test_gaussian_noise_has_the_noise_factor_as_standard_deviation_and_is_clipped():
+    clean = np.full((200, 32, 32, 1), 0.5, np.float32)
+    noisy = images.gaussian_noise(clean, 0.2, _rng())
+    assert noisy.dtype == np.float32 and noisy.shape == clean.shape
+    assert abs(float(np.std(noisy - clean)) - 0.2) < 0.01 and abs(float(np.mean(noisy)) - 0.5) < 0.01
+    strong = images.gaussian_noise(clean, 0.6, _rng())
+    assert strong.min() == 0.0 and strong.max() == 1.0
+    np.testing.assert_array_equal(images.gaussian_noise(clean, 0.2, _rng(3)), images.gaussian_noise(clean, 0.2, _rng(3)))
+
+
+def test_speckle_noise_is_multiplicative():
+    clean = np.zeros((4, 16, 16, 1), np.float32)
+    clean[:, :8] = 0.5
+    noisy = images.speckle_noise(clean, 0.3, _rng())
+    np.testing.assert_array_equal(noisy[:, 8:], 0.0)
+    assert abs(float(np.std(noisy[:, :8] - 0.5)) - 0.15) < 0.01
+    assert 0.0 <= noisy.min() and noisy.max() <= 1.0
+
+
+def test_salt_and_pepper_hits_the_asked_fraction_of_pixels_in_every_channel():
+    clean = np.full((50, 20, 20, 3), 0.5, np.float32)
+    noisy = images.salt_and_pepper_noise(clean, 0.1, _rng())
+    changed = np.any(noisy != 0.5, axis=-1)
+    assert abs(float(changed.mean()) - 0.1) < 0.01
+    values = noisy[changed]
+    assert set(np.unique(values)) <= {0.0, 1.0}
+    assert (values == values[:, :1]).all(), "a hit pixel is black or white in all channels"
+    assert 0.4 < float((values[:, 0] == 1.0).mean()) < 0.6
+
+
+def test_add_noise_dispatches_and_none_returns_an_unchanged_copy():
+    clean = _rng().random((2, 8, 8, 1)).astype(np.float32)
+    unchanged = images.add_noise(clean, images.NoiseSpec("none", 0.0), _rng())
+    np.testing.assert_array_equal(unchanged, clean)
+    assert unchanged is not clean
+    np.testing.assert_array_equal(images.add_noise(clean, images.NoiseSpec("speckle", 0.2), _rng(1)),
+                                  images.speckle_noise(clean, 0.2, _rng(1)))
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def test_psnr_known_values():
+    clean = np.full((1, 8, 8, 1), 0.5)
+    assert images.psnr(clean, clean + 0.1)[0] == pytest.approx(20.0)
+    assert images.psnr(clean, clean + 0.01)[0] == pytest.approx(40.0)
+    assert images.psnr(clean[0], clean[0]) == np.inf
+    assert images.psnr(clean * 255, clean * 255 + 25.5, data_range=255.0)[0] == pytest.approx(20.0)
+
+
+def test_psnr_and_ssim_match_tensorflow_on_random_grayscale_and_rgb_images():
+    rng = _rng(4)
+    for shape in ((3, 28, 28, 1), (2, 40, 33, 3)):
+        clean = rng.random(shape).astype(np.float32)
+        noisy = np.clip(clean + 0.15 * rng.standard_normal(shape), 0, 1).astype(np.float32)
+        np.testing.assert_allclose(images.psnr(clean, noisy), tf.image.psnr(clean, noisy, 1.0).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(images.ssim(clean, noisy), tf.image.ssim(clean, noisy, 1.0).numpy(), atol=1e-5)
+
+
+def test_ssim_known_values():
+    image = _rng().random((16, 16, 1))
+    assert images.ssim(image, image) == pytest.approx(1.0)
+    first, second = np.full((16, 16, 1), 0.2), np.full((16, 16, 1), 0.6)
+    c1 = (0.01 * 1.0) ** 2
+    expected = (2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1)  # no variance: luminance term only
+    assert images.ssim(first, second) == pytest.approx(expected)
+    assert images.ssim(image, 1.0 - image) < 0.0, "an inverted image is anti-correlated"
+
+
+def test_ssim_shrinks_the_window_for_images_smaller_than_it():
+    small = _rng().random((5, 7, 1))
+    value = images.ssim(small, np.clip(small + 0.1, 0, 1))
+    assert 0.0 < value < 1.0 and images.ssim(small, small) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        images.ssim(small, small[:4])
+
+
+def test_gaussian_window_is_normalised_and_symmetric():
+    window = images.gaussian_window(11, 1.5)
+    assert window.sum() == pytest.approx(1.0) and np.allclose(window, window[::-1]) and window.argmax() == 5
+
+
+# ---------------------------------------------------------------------------------- shape handling
+
+
+def test_pad_to_multiple_and_crop_round_trip():
+    batch = _rng().random((2, 13, 18, 3)).astype(np.float32)
+    padded, (height, width) = images.pad_to_multiple(batch, 4)
+    assert padded.shape == (2, 16, 20, 3) and (height, width) == (13, 18)
+    np.testing.assert_array_equal(images.crop(padded, height, width), batch)
+    np.testing.assert_array_equal(padded[:, 13, :18], batch[:, 11], "reflection padding")
+    same, _ = images.pad_to_multiple(batch[:, :12, :16], 4)
+    assert same.shape == (2, 12, 16, 3)
+    tiny, _ = images.pad_to_multiple(np.ones((1, 1, 3, 1), np.float32), 4)
+    assert tiny.shape == (1, 4, 4, 1) and (tiny == 1).all()
+
+
+def test_to_unit_float_scales_and_refuses_bad_pixels_with_reasons():
+    assert images.to_unit_float(np.full((2, 3), 255, np.uint8)).max() == 1.0
+    assert images.to_unit_float(np.full((2, 3, 1), 65535, np.uint16)).max() == 1.0
+    assert images.to_unit_float(np.full((2, 3, 3), 0.25, np.float64)).dtype == np.float32
+    for array, reason in ((np.full((2, 2), 1.5), "outside"), (np.full((2, 2), np.nan), "non-finite"),
+                          (np.zeros((0, 4)), "zero-size"), (np.zeros((2, 2, 4)), "channel count"),
+                          (np.zeros((2, 2, 2, 2)), "expected")):
+        with pytest.raises(images.ImageError, match=reason):
+            images.to_unit_float(array)
+
+
+def test_match_channels_refuses_mismatches_unless_asked_to_convert():
+    rgb = np.stack([np.full((2, 2), 1.0), np.zeros((2, 2)), np.zeros((2, 2))], axis=-1).astype(np.float32)
+    with pytest.raises(images.ImageError, match="RGB image but the model denoises grayscale"):
+        images.match_channels(rgb, 1)
+    assert images.match_channels(rgb, 1, convert=True)[0, 0, 0] == pytest.approx(0.299)
+    assert images.match_channels(rgb[..., :1], 3, convert=True).shape == (2, 2, 3)
+    assert images.match_channels(rgb, 3) is rgb
+
+
+# ------------------------------------------------------------------------------------ codecs, files
+
+
+def _png_bytes(array, mode=None):
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_png_round_trip_is_exact_and_jpeg_close():
+    image = images.to_uint8(images.synthetic_images(1, 24, 3)[0]).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(images.decode_image(images.encode_image(image, "png")), image)
+    gray = image[..., :1]
+    assert images.decode_image(images.encode_image(gray, "png")).shape == (24, 24, 1)
+    assert np.abs(images.decode_image(images.encode_image(image, "jpeg")) - image).mean() < 0.03
+    with pytest.raises(ValueError, match="cannot encode"):
+        images.encode_image(image, "gif")
+
+
+def test_decode_image_modes_and_errors():
+    rgba = np.zeros((3, 3, 4), np.uint8)
+    rgba[..., 0] = 255
+    assert images.decode_image(_png_bytes(rgba)).shape == (3, 3, 3)
+    sixteen = images.decode_image(_png_bytes(np.full((3, 3), 65535, np.uint16)))
+    assert sixteen.shape == (3, 3, 1) and sixteen.max() == 1.0
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (3, 3)).save(cmyk, format="JPEG")
+    for data, reason in ((b"", "empty file"), (b"\x89PNG\r\n\x1a\nbroken", "corrupt"),
+                         (_png_bytes(np.zeros((4, 4), np.uint8))[:40], "corrupt"), (cmyk.getvalue(), "unsupported image mode")):
+        with pytest.raises(images.ImageError, match=reason):
+            images.decode_image(data)
+
+
+def test_example_round_trip_and_bad_records():
+    encoded = images.encode_image(np.zeros((4, 4, 1), np.float32))
+    parsed = images.parse_example(images.make_example("a/b.png", encoded, clean_encoded=encoded))
+    assert parsed == {"key": "a/b.png", "encoded": encoded, "format": "png", "clean_encoded": encoded}
+    bare = tf.train.Example(features=tf.train.Features(feature={
+        images.ENCODED_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded]))}))
+    assert images.parse_example(bare.SerializeToString())["key"] is None
+    with pytest.raises(images.ImageError, match="no 'image/encoded'"):
+        images.parse_example(tf.train.Example().SerializeToString())
+
+
+def test_array_rows_are_read_by_range_from_npy_and_npz(tmp_path):
+    array = np.arange(5 * 3 * 2, dtype=np.uint8).reshape(5, 3, 2)
+    np.save(tmp_path / "a.npy", array)
+    np.savez(tmp_path / "a.npz", other=np.zeros(2), images=array)
+    for name in ("a.npy", "a.npz"):
+        stream, archive = images.open_array(str(tmp_path / name))
+        header = images.read_array_header(stream)
+        assert header.shape == (5, 3, 2) and header.count == 5 and header.row_bytes == 6
+        np.testing.assert_array_equal(images.read_array_rows(stream, header, 3, 9), array[3:])
+        np.testing.assert_array_equal(images.read_array_rows(stream, header, 1, 2), array[1:2])
+        stream.close()
+        if archive:
+            archive.close()
+    with pytest.raises(ValueError, match="has no array 'x'"):
+        images.npz_member_name(str(tmp_path / "a.npz"), "x")
+    with open(tmp_path / "a.npy", "r+b") as handle:
+        handle.truncate(os.path.getsize(tmp_path / "a.npy") - 3)
+    with open(tmp_path / "a.npy", "rb") as stream:
+        with pytest.raises(ValueError, match="truncated"):
+            images.read_array_rows(stream, images.read_array_header(stream), 0, 5)
+
+
+def test_array_files_are_written_row_by_row(tmp_path):
+    path = str(tmp_path / "out.npy")
+    header = images.create_array_file(path, (4, 2, 3), np.float32)
+    descriptor = os.open(path, os.O_WRONLY)
+    images.write_array_rows(descriptor, header, 2, np.ones((2, 2, 3)))
+    with pytest.raises(ValueError, match="do not fit"):
+        images.write_array_rows(descriptor, header, 3, np.ones((2, 2, 3)))
+    os.close(descriptor)
+    written = np.load(path)
+    assert written.shape == (4, 2, 3) and written[:2].sum() == 0 and (written[2:] == 1).all()
+
+
+def test_image_array_shapes_and_formats_are_checked(tmp_path):
+    images.check_image_array_shape((3, 8, 8, 3), "x")
+    for shape in ((3, 8), (3, 8, 8, 2), (3, 0, 8)):
+        with pytest.raises(ValueError):
+            images.check_image_array_shape(shape, "x")
+    assert images.detect_image_set_format(str(tmp_path)) == "images"
+    assert images.detect_image_set_format("a.NPZ") == "npz" and images.detect_image_set_format("b.tfrecords") == "tfrecord"
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        images.detect_image_set_format("a.csv")
+
+
+def test_load_image_set_skips_unreadable_files_and_refuses_mixed_sizes(tmp_path):
+    for index in range(3):
+        (tmp_path / f"{index}.png").write_bytes(_png_bytes(np.full((5, 6), index * 100, np.uint8)))
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    loaded = images.load_image_set(str(tmp_path))
+    assert loaded.shape == (3, 5, 6, 1) and loaded[2].max() == pytest.approx(200 / 255)
+    (tmp_path / "big.png").write_bytes(_png_bytes(np.zeros((7, 7), np.uint8)))
+    with pytest.raises(ValueError, match="differ in size"):
+        images.load_image_set(str(tmp_path))
+
+
+def test_offline_data_sources_and_split():
+    digits = images.digits_images()
+    assert digits.shape == (1797, 28, 28, 1) and digits.min() >= 0 and digits.max() <= 1
+    assert digits[:, :2].max() == 0, "digits are centred with a border, like MNIST"
+    generated = images.synthetic_images(5, 12, 3, seed=1)
+    assert generated.shape == (5, 12, 12, 3) and generated.std() > 0.05
+    np.testing.assert_array_equal(generated, images.synthetic_images(5, 12, 3, seed=1))
+    train, validation, test = images.split_indices(100, (0.1, 0.2), seed=0)
+    assert (len(train), len(validation), len(test)) == (70, 10, 20)
+    assert sorted(np.concatenate([train, validation, test]).tolist()) == list(range(100))
+    with pytest.raises(ValueError, match="too few"):
+        images.split_indices(2, (0.4, 0.4), seed=0)
+
+
+def test_npz_member_defaults(tmp_path):
+    path = tmp_path / "several.npz"
+    np.savez(path, a=np.zeros(1), b=np.zeros(1))
+    with pytest.raises(ValueError, match="several arrays"):
+        images.npz_member_name(str(path), None)
+    assert images.npz_member_name(str(path), "b") == "b.npy"
+    with zipfile.ZipFile(path) as archive:
+        assert "a.npy" in archive.namelist()
