@@ -18,6 +18,7 @@ REQUIREMENTS = [
     "pillow>=10",
     "kafka-python>=2.2",
     "crc32c>=2.4",
+    "orjson>=3.9",
     "prometheus-client>=0.20",
 ]
 

@@ -7,6 +7,13 @@ Every autoencoder is a Keras 3 model built from a frozen, typed config and expos
 Errors are absolute differences (the tutorial's mean absolute error), so ``anomaly_score`` of a beat is
 its mean absolute reconstruction error: the same number the exported detector calls
 ``reconstruction_error``.
+
+Every model also declares its ``domain``: ``"ecg"`` for models that map flat beats [batch, 140] to
+flat beats (these can be wrapped by ``models.detector.DetectorModule`` and exported), ``"image"`` for
+image models. Regularised models (sparse, contractive, variational) add their penalty to the training
+loss with ``add_loss`` inside ``call`` when ``training`` is true, so a plain
+``model.compile(loss="mae"); model.fit(x, x)`` trains them; ``penalty(inputs)`` returns the same term
+for inspection and tests.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ import dataclasses
 import keras
 
 from models.ecg import BEAT_LENGTH
+
+ECG_DOMAIN = "ecg"
+IMAGE_DOMAIN = "image"
+DOMAINS = (ECG_DOMAIN, IMAGE_DOMAIN)
 
 
 def config_from_dict(config_class, values: dict):
@@ -29,16 +40,32 @@ def config_from_dict(config_class, values: dict):
 
 
 class Autoencoder(keras.Model):
-    """Base class: subclasses set ``self.encoder`` and ``self.decoder`` and define ``config_class``."""
+    """Base class: subclasses set ``self.encoder`` and ``self.decoder`` and define ``config_class``.
+
+    ``domain`` says what the model reconstructs (``ECG_DOMAIN`` or ``IMAGE_DOMAIN``); ``regularized``
+    says whether ``penalty`` is added to the training loss.
+    """
 
     config_class = None
+    domain = None
+    regularized = False
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
         self.config = config
 
     def call(self, inputs, training=False):
-        return self.decoder(self.encoder(inputs, training=training), training=training)
+        latent = self.encoder(inputs, training=training)
+        if training and self.regularized:
+            self.add_loss(self.penalty(inputs, latent))
+        return self.decoder(latent, training=training)
+
+    def penalty(self, inputs, latent=None):
+        """The regularisation term added to the training loss (a scalar; zero for plain autoencoders).
+
+        ``latent`` may pass the already computed code of ``inputs`` to avoid encoding twice.
+        """
+        return keras.ops.zeros((), dtype=self.compute_dtype)
 
     def encode(self, inputs, training=False):
         """Maps inputs to their latent code."""
@@ -95,6 +122,7 @@ class DenseAutoencoder(Autoencoder):
     """The tutorial's dense ECG detector, generalised to any widths."""
 
     config_class = DenseConfig
+    domain = ECG_DOMAIN
 
     def __init__(self, config: DenseConfig, **kwargs):
         super().__init__(config, **kwargs)
@@ -136,6 +164,7 @@ class Conv1DAutoencoder(Autoencoder):
     """Strided 1-D convolutions down to a dense latent code and transposed convolutions back up."""
 
     config_class = Conv1DConfig
+    domain = ECG_DOMAIN
 
     def __init__(self, config: Conv1DConfig, **kwargs):
         super().__init__(config, **kwargs)

@@ -1,16 +1,24 @@
 """Autoencoders by name: the one place pipelines and benchmarks look models up.
 
-``build("dense", {"latent_dim": 4})`` returns a ready Keras model; ``names()`` lists what exists.
+``build("dense", {"latent_dim": 4})`` returns a ready Keras model; ``names()`` lists what exists and
+``ecg_models()`` the ones that reconstruct flat beats (and so can be exported as a detector).
 Each model module declares ``MODELS = {name: model_class}``; the modules are listed once below.
+``save``/``load`` write and read the Keras 3 ``.keras`` format, loading with ``safe_mode=True``.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 
-from models.autoencoders import config_from_dict
+import keras
+
+from models.autoencoders import ECG_DOMAIN, IMAGE_DOMAIN, config_from_dict
+
+LOGGER = logging.getLogger(__name__)
 
 MODEL_MODULES = ("models.autoencoders", "models.family", "models.denoisers")
+KERAS_SUFFIX = ".keras"
 
 
 def _registry() -> dict:
@@ -40,3 +48,36 @@ def build(name: str, parameters: dict | None = None):
     """Builds the model ``name`` from config overrides (unknown keys are refused)."""
     cls = model_class(name)
     return cls(config_from_dict(cls.config_class, dict(parameters or {})))
+
+
+def domain(name: str) -> str | None:
+    """The model's declared domain (``"ecg"`` or ``"image"``), or None when its class declares none."""
+    return getattr(model_class(name), "domain", None)
+
+
+def ecg_models() -> tuple[str, ...]:
+    """Names of the models that map flat beats [batch, 140] to beats: trainable and exportable for ECG."""
+    return tuple(name for name in names() if domain(name) == ECG_DOMAIN)
+
+
+def image_models() -> tuple[str, ...]:
+    """Names of the models declared as image models."""
+    return tuple(name for name in names() if domain(name) == IMAGE_DOMAIN)
+
+
+def save(model: keras.Model, path: str) -> str:
+    """Saves ``model`` in the Keras 3 format; ``path`` must end in ``.keras``. Returns the path."""
+    if not str(path).endswith(KERAS_SUFFIX):
+        raise ValueError(f"models are saved in the Keras 3 format: the path must end in {KERAS_SUFFIX!r}, got {path!r}")
+    model.save(path)
+    LOGGER.info("saved %s to %s", type(model).__name__, path)
+    return str(path)
+
+
+def load(path: str) -> keras.Model:
+    """Loads a model written by ``save`` with ``safe_mode=True`` (no arbitrary code is deserialised).
+
+    Every registered model module is imported first, so all heartwatch classes are known to Keras.
+    """
+    _registry()
+    return keras.saving.load_model(path, safe_mode=True)

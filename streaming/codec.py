@@ -1,0 +1,255 @@
+"""Heartbeat messages on Kafka: the JSON and binary encodings, and validation that never raises past a reason.
+
+JSON encoding (content type ``application/json``, the default)::
+
+    {"id": "rec-17", "device_id": "device-003", "ts": 1790000000.125, "beat": [140 numbers]}
+
+``id`` is a string or an integer, ``device_id`` a non-empty string, ``ts`` the event time in epoch
+seconds (a number), ``beat`` exactly ``BEAT_LENGTH`` finite numbers (booleans are not numbers).
+Unknown extra fields are ignored. The message key should be the device id (per-device ordering).
+
+Binary encoding (content type ``application/x-heartwatch-beat``), little-endian throughout::
+
+    offset      size   field
+    0           4      magic b"HWB1"
+    4           8      ts, float64 epoch seconds
+    12          2      I = byte length of id, uint16
+    14          2      D = byte length of device_id, uint16
+    16          I      id, UTF-8
+    16+I        D      device_id, UTF-8
+    16+I+D      560    beat, 140 x float32
+
+so a message is exactly ``576 + I + D`` bytes. A consumer picks the decoder from the
+``content-type`` header (``input_encoding=auto``), or is forced to one with ``input_encoding``.
+
+``decode_message`` returns a ``Heartbeat`` or raises ``DecodeError`` whose ``reason`` starts with
+one of ``REASONS``; the consumer turns that into a dead-letter record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+
+import numpy as np
+
+from models.ecg import BEAT_LENGTH
+
+try:
+    import orjson
+except ImportError:  # orjson is ten times faster at parsing beats; the standard library still works
+    orjson = None
+
+CONTENT_TYPE_HEADER = "content-type"
+JSON_CONTENT_TYPE = "application/json"
+BINARY_CONTENT_TYPE = "application/x-heartwatch-beat"
+LABEL_HEADER = "heartwatch-label"
+SOURCE_CLASS_HEADER = "heartwatch-source-class"
+
+BINARY_MAGIC = b"HWB1"
+_BINARY_HEADER = struct.Struct("<4sdHH")
+BINARY_BEAT_BYTES = BEAT_LENGTH * 4
+BINARY_BEAT_DTYPE = np.dtype("<f4")
+
+REASONS = ("empty message", "oversize", "not JSON", "not an object", "missing field", "wrong type",
+           "wrong length", "non-finite value", "bad binary message", "unknown content type")
+REQUIRED_FIELDS = ("id", "device_id", "ts", "beat")
+_KNOWN_CONTENT_TYPES = {JSON_CONTENT_TYPE.encode(): "json", BINARY_CONTENT_TYPE.encode(): "binary"}
+
+
+class DecodeError(ValueError):
+    """A message that cannot be scored; ``reason`` says why (it starts with one of ``REASONS``)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A decoded, validated heartbeat."""
+
+    id: str
+    device_id: str
+    ts: float
+    beat: np.ndarray  # float32 [BEAT_LENGTH], finite
+
+
+def _json_loads(value: bytes):
+    if orjson is not None:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass  # NaN and Infinity are not JSON, but Python writes them: try the lenient parser for a better reason
+    try:
+        return json.loads(value)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise DecodeError(f"not JSON: {error}") from None
+
+
+def header_value(headers, name: str) -> bytes | None:
+    """The value of the first header called ``name`` (kafka-python headers are (str, bytes) pairs)."""
+    for key, value in headers or ():
+        if key == name:
+            return value
+    return None
+
+
+def encoding_of(headers, input_encoding: str) -> str:
+    """``json`` or ``binary`` for a message, from ``input_encoding`` or (``auto``) its content-type header."""
+    if input_encoding != "auto":
+        return input_encoding
+    content_type = header_value(headers, CONTENT_TYPE_HEADER)
+    if content_type is None:
+        return "json"
+    known = _KNOWN_CONTENT_TYPES.get(content_type)
+    if known is not None:
+        return known
+    content_type = content_type.split(b";", 1)[0].strip().decode("ascii", "replace").lower()
+    if content_type == BINARY_CONTENT_TYPE:
+        return "binary"
+    if content_type in (JSON_CONTENT_TYPE, "text/json", ""):
+        return "json"
+    raise DecodeError(f"unknown content type: {content_type!r}")
+
+
+def decode_message(value: bytes | None, headers=None, input_encoding: str = "auto",
+                   max_message_bytes: int = 65536) -> Heartbeat:
+    """Decodes and validates one message value; raises ``DecodeError`` with the reason otherwise."""
+    if not value:
+        raise DecodeError("empty message")
+    if len(value) > max_message_bytes:
+        raise DecodeError(f"oversize: {len(value)} bytes > {max_message_bytes}")
+    if encoding_of(headers, input_encoding) == "binary":
+        return decode_binary(value)
+    return decode_json(value)
+
+
+def decode_json(value: bytes) -> Heartbeat:
+    """Decodes the JSON encoding (see the module docstring)."""
+    document = _json_loads(value)
+    if not isinstance(document, dict):
+        raise DecodeError(f"not an object: got a JSON {type(document).__name__}")
+    missing = [name for name in REQUIRED_FIELDS if name not in document]
+    if missing:
+        raise DecodeError(f"missing field: {', '.join(missing)}")
+    heartbeat_id, device_id, ts, beat = (document[name] for name in REQUIRED_FIELDS)
+    if isinstance(heartbeat_id, bool) or not isinstance(heartbeat_id, (str, int)):
+        raise DecodeError(f"wrong type: id must be a string or an integer, got {type(heartbeat_id).__name__}")
+    if not isinstance(device_id, str) or not device_id:
+        raise DecodeError(f"wrong type: device_id must be a non-empty string, got {device_id!r:.40}")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise DecodeError(f"wrong type: ts must be a number, got {type(ts).__name__}")
+    if not math.isfinite(ts):
+        raise DecodeError(f"non-finite value: ts is {ts}")
+    if not isinstance(beat, list):
+        raise DecodeError(f"wrong type: beat must be a list of numbers, got {type(beat).__name__}")
+    if len(beat) != BEAT_LENGTH:
+        raise DecodeError(f"wrong length: beat has {len(beat)} samples, expected {BEAT_LENGTH}")
+    if b"true" in value or b"false" in value:
+        _check_no_booleans(beat)
+    try:
+        array = np.asarray(beat)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim != 1 or array.dtype.kind not in "fiu":
+        raise DecodeError(f"wrong type: beat must hold numbers only, got {_first_non_number(beat)!r:.40}")
+    with np.errstate(over="ignore"):
+        array = array.astype(np.float32)
+    return Heartbeat(str(heartbeat_id), device_id, float(ts), _checked_finite(array))
+
+
+def _check_no_booleans(beat: list) -> None:
+    for index, sample in enumerate(beat):
+        if isinstance(sample, bool):
+            raise DecodeError(f"wrong type: beat[{index}] is a boolean")
+
+
+def _first_non_number(beat: list):
+    return next((sample for sample in beat if isinstance(sample, bool) or not isinstance(sample, (int, float))),
+                None)
+
+
+def _checked_finite(array: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(array)
+    if not finite.all():
+        index = int(np.argmin(finite))
+        raise DecodeError(f"non-finite value: beat[{index}] is {array[index]} (as float32)")
+    return array
+
+
+def decode_binary(value: bytes) -> Heartbeat:
+    """Decodes the binary encoding (see the module docstring)."""
+    if len(value) < _BINARY_HEADER.size + BINARY_BEAT_BYTES:
+        raise DecodeError(f"bad binary message: {len(value)} bytes is shorter than the minimum "
+                          f"{_BINARY_HEADER.size + BINARY_BEAT_BYTES}")
+    magic, ts, id_length, device_length = _BINARY_HEADER.unpack_from(value)
+    if magic != BINARY_MAGIC:
+        raise DecodeError(f"bad binary message: magic {magic!r}, expected {BINARY_MAGIC!r}")
+    beat_start = _BINARY_HEADER.size + id_length + device_length
+    if len(value) != beat_start + BINARY_BEAT_BYTES:
+        raise DecodeError(f"wrong length: {len(value)} bytes, expected {beat_start + BINARY_BEAT_BYTES} "
+                          f"for {BEAT_LENGTH} float32 samples")
+    try:
+        heartbeat_id = value[_BINARY_HEADER.size:_BINARY_HEADER.size + id_length].decode("utf-8")
+        device_id = value[_BINARY_HEADER.size + id_length:beat_start].decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DecodeError(f"bad binary message: id or device_id is not UTF-8 ({error})") from None
+    if not device_id:
+        raise DecodeError("wrong type: device_id must be a non-empty string")
+    if not math.isfinite(ts):
+        raise DecodeError(f"non-finite value: ts is {ts}")
+    array = np.frombuffer(value, dtype=BINARY_BEAT_DTYPE, count=BEAT_LENGTH, offset=beat_start)
+    return Heartbeat(heartbeat_id, device_id, float(ts), _checked_finite(array.astype(np.float32)))
+
+
+def encode_json(heartbeat_id: str, device_id: str, ts: float, beat) -> bytes:
+    """The JSON encoding of one beat (samples rounded to float32 precision)."""
+    samples = [float(sample) for sample in np.asarray(beat, dtype=np.float32)]
+    document = {"id": heartbeat_id, "device_id": device_id, "ts": ts, "beat": samples}
+    if orjson is not None:
+        return orjson.dumps(document)
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def encode_binary(heartbeat_id: str, device_id: str, ts: float, beat) -> bytes:
+    """The binary encoding of one beat."""
+    id_bytes, device_bytes = str(heartbeat_id).encode("utf-8"), device_id.encode("utf-8")
+    if len(id_bytes) > 0xFFFF or len(device_bytes) > 0xFFFF:
+        raise ValueError("id and device_id must be shorter than 65536 bytes in the binary encoding")
+    array = np.asarray(beat, dtype=BINARY_BEAT_DTYPE)
+    if array.shape != (BEAT_LENGTH,):
+        raise ValueError(f"beat must have {BEAT_LENGTH} samples, got shape {array.shape}")
+    return (_BINARY_HEADER.pack(BINARY_MAGIC, float(ts), len(id_bytes), len(device_bytes))
+            + id_bytes + device_bytes + array.tobytes())
+
+
+def content_type_for(encoding: str) -> str:
+    """The content-type header value of an encoding name."""
+    if encoding not in ("json", "binary"):
+        raise ValueError(f"encoding must be json or binary, got {encoding!r}")
+    return BINARY_CONTENT_TYPE if encoding == "binary" else JSON_CONTENT_TYPE
+
+
+def dumps(document) -> bytes:
+    """Compact JSON bytes for output records (orjson when installed)."""
+    if orjson is not None:
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps(document, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def loads(value: bytes):
+    """Parses JSON bytes (orjson when installed); raises ValueError on bad input."""
+    if orjson is not None:
+        return orjson.loads(value)
+    return json.loads(value)

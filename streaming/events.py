@@ -1,0 +1,114 @@
+"""Output records of the stream: anomaly events, score records, dead letters and their ids.
+
+Every output is derived from its source message's coordinates, so replaying a message after a crash
+produces a byte-for-byte identical record id: ``event_id = uuid5(EVENT_NAMESPACE,
+"topic/partition/offset")``. Downstream stores can upsert on it (idempotent on replay).
+
+Anomaly event (JSON, key = device id), one per anomalous beat::
+
+    event_id, heartbeat_id, device_id, reconstruction_error, threshold, threshold_kind ("global" or
+    "device"), score (= error / threshold), worst_segments [{start, end, mean_error}], model_version,
+    source_topic, source_partition, source_offset, event_time (the beat's ts, epoch seconds),
+    detection_time (epoch seconds), processor (host:pid), label (ground truth header, when present)
+
+A score record (optional scores topic) has the same fields minus ``worst_segments`` plus
+``is_anomaly``. A dead letter keeps the original key and value bytes untouched and adds headers
+``heartwatch-dlq-reason``, ``heartwatch-dlq-source-topic``, ``-source-partition``, ``-source-offset``,
+``-source-timestamp``, ``-group`` (and ``-truncated`` when the value had to be cut to fit).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+
+EVENT_NAMESPACE = uuid.UUID("5d0c3f0e-6b7a-4c61-9a43-2f1f4e3b8c11")
+DLQ_PREFIX = "heartwatch-dlq-"
+DLQ_REASON_HEADER = DLQ_PREFIX + "reason"
+DLQ_TOPIC_HEADER = DLQ_PREFIX + "source-topic"
+DLQ_PARTITION_HEADER = DLQ_PREFIX + "source-partition"
+DLQ_OFFSET_HEADER = DLQ_PREFIX + "source-offset"
+DLQ_TIMESTAMP_HEADER = DLQ_PREFIX + "source-timestamp"
+DLQ_GROUP_HEADER = DLQ_PREFIX + "group"
+DLQ_TRUNCATED_HEADER = DLQ_PREFIX + "truncated"
+
+
+def event_id(topic: str, partition: int, offset: int) -> str:
+    """The deterministic id of whatever the stream emits for one source message."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def worst_segments(per_sample_error: np.ndarray, count: int, segment_length: int) -> list[dict]:
+    """The ``count`` segments of ``segment_length`` samples with the highest mean error, worst first.
+
+    The last segment may be shorter. ``end`` is exclusive; indices are 0-based sample positions.
+    """
+    if count < 1 or segment_length < 1:
+        raise ValueError(f"count and segment_length must be positive, got {count} and {segment_length}")
+    errors = np.asarray(per_sample_error, dtype=np.float64)
+    starts = np.arange(0, errors.shape[0], segment_length)
+    means = np.add.reduceat(errors, starts) / np.diff(np.append(starts, errors.shape[0]))
+    order = np.argsort(-means, kind="stable")[:count]
+    return [{"start": int(starts[index]), "end": int(min(starts[index] + segment_length, errors.shape[0])),
+             "mean_error": round(float(means[index]), 6)} for index in order]
+
+
+def score_record(*, heartbeat_id: str, device_id: str, error: float, threshold: float, threshold_kind: str,
+                 is_anomaly: bool, model_version: str, topic: str, partition: int, offset: int,
+                 event_time: float, detection_time: float, processor: str, label: int | None) -> dict:
+    """The record of one scored beat (the scores topic carries one per beat)."""
+    record = {
+        "event_id": event_id(topic, partition, offset),
+        "heartbeat_id": heartbeat_id,
+        "device_id": device_id,
+        "reconstruction_error": float(error),
+        "threshold": float(threshold),
+        "threshold_kind": threshold_kind,
+        "score": float(error) / float(threshold) if threshold > 0 else float("inf"),
+        "is_anomaly": bool(is_anomaly),
+        "model_version": model_version,
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "event_time": event_time,
+        "detection_time": detection_time,
+        "processor": processor,
+    }
+    if label is not None:
+        record["label"] = label
+    return record
+
+
+def anomaly_event(score: dict, per_sample_error: np.ndarray, segment_count: int, segment_length: int) -> dict:
+    """An anomaly event from a beat's score record and its per-sample error."""
+    event = {key: value for key, value in score.items() if key != "is_anomaly"}
+    event["worst_segments"] = worst_segments(per_sample_error, segment_count, segment_length)
+    return event
+
+
+def dead_letter_headers(original_headers, *, reason: str, topic: str, partition: int, offset: int,
+                        timestamp_ms: int, group_id: str, truncated_from: int | None = None) -> list:
+    """The original headers plus the dead-letter ones (reason and source coordinates)."""
+    headers = [(key, value) for key, value in (original_headers or ()) if not key.startswith(DLQ_PREFIX)]
+    headers += [
+        (DLQ_REASON_HEADER, reason.encode("utf-8", "replace")),
+        (DLQ_TOPIC_HEADER, topic.encode()),
+        (DLQ_PARTITION_HEADER, str(partition).encode()),
+        (DLQ_OFFSET_HEADER, str(offset).encode()),
+        (DLQ_TIMESTAMP_HEADER, str(timestamp_ms).encode()),
+        (DLQ_GROUP_HEADER, group_id.encode()),
+    ]
+    if truncated_from is not None:
+        headers.append((DLQ_TRUNCATED_HEADER, str(truncated_from).encode()))
+    return headers
+
+
+def parse_label(value: bytes | None) -> int | None:
+    """The ground-truth label header (``0``, ``1`` or ``-1``) as an integer, or None."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
