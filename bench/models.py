@@ -11,7 +11,8 @@ over the splits, with the training time per split and the parameter count.
     python bench/models.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 5
 
 ``--models`` picks rows by name (default: all), ``--epochs`` caps every row's epochs,
-``--output`` writes the per-split rows as JSON.
+``--output`` writes the per-split rows as JSON. The splits depend on the ``--data`` string (it is the
+beats' source in the split key, as in the pipeline): pass the same string to compare runs.
 """
 
 import argparse
@@ -29,14 +30,12 @@ from models import datasets, metrics, registry, thresholds  # noqa: E402
 from models.training import CandidateConfig, train_autoencoder  # noqa: E402
 from pipeline import splits  # noqa: E402
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000",
-                              os.path.join(REPOSITORY, "..", "shared", "data", "ecg5000", "ECG5000_TRAIN.txt"))
+DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt")
 
 BENCH_CANDIDATES = (
     CandidateConfig("dense", "dense", {}, epochs=200, batch_size=32),
     CandidateConfig("conv1d", "conv1d", {}, epochs=200, batch_size=32),
-    CandidateConfig("lstm", "lstm", {}, epochs=100, batch_size=16, learning_rate=3e-3, early_stopping_patience=30),
+    CandidateConfig("lstm", "lstm", {}, epochs=200, batch_size=16, learning_rate=3e-3, early_stopping_patience=30),
     CandidateConfig("sparse_l1", "sparse", {"sparsity": "l1"}, epochs=200, batch_size=32),
     CandidateConfig("sparse_kl", "sparse", {"sparsity": "kl", "target_activation": 0.1}, epochs=200, batch_size=32),
     CandidateConfig("contractive", "contractive", {}, epochs=200, batch_size=32),
