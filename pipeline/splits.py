@@ -1,7 +1,9 @@
 """Deterministic, seeded, stratified train/validation/test assignment.
 
-Every beat gets a pseudo-random key from a stable hash of (seed, source, row number), so a split does
-not depend on worker count, runner or element order. Within each stratum (the beat's source class,
+Every beat gets a pseudo-random key from a stable hash of (seed, source name, row number), so a split
+does not depend on worker count, runner or element order. The source name is the file name without
+its directory (``source_name``): the same file read as ``data/x.txt``, ``/abs/data/x.txt`` or
+``gs://bucket/x.txt`` gets the same split. Within each stratum (the beat's source class,
 or one stratum when there are no labels) beats are ordered by that key and the first
 ``round(n * test_fraction)`` go to test, the next ``round(n * validation_fraction)`` to validation and
 the rest to train. The Beam pipeline and the benchmarks call the same functions, so a benchmark can
@@ -34,9 +36,14 @@ class SplitConfig:
             raise ValueError("test_fraction + validation_fraction must leave beats to train on (< 1)")
 
 
+def source_name(source: str) -> str:
+    """What names a source for splitting: its file name (``synthetic:...`` specs stay whole)."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
 def split_key(seed: int, source: str, row_number: int) -> int:
-    """A stable 64-bit pseudo-random key for one beat (independent of Python's hash salt)."""
-    digest = hashlib.blake2b(f"{seed}\x1f{source}\x1f{row_number}".encode(), digest_size=8).digest()
+    """A stable 64-bit pseudo-random key for one beat (independent of Python's hash salt and of the path's spelling)."""
+    digest = hashlib.blake2b(f"{seed}\x1f{source_name(source)}\x1f{row_number}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
 

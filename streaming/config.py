@@ -228,7 +228,7 @@ class StreamConfig(KafkaSettings):
     dead_letter_topic: str = _help("topic receiving bad input with the reason", default="heartwatch-dead-letter")
     alerts_topic: str = _help("topic receiving anomaly-burst alerts (empty: off)", default="heartwatch-alerts")
     batch_size: int = _help("score a micro-batch when it holds this many messages", default=1024)
-    batch_timeout_ms: int = _help("... or when its oldest message waited this long", default=20)
+    batch_timeout_ms: int = _help("... or when its oldest message waited this long", default=10)
     poll_timeout_ms: int = _help("longest wait of one consumer poll while no batch is open", default=200)
     input_encoding: str = _help("auto (content-type header decides, JSON otherwise), json or binary",
                                 default="auto")

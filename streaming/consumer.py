@@ -8,18 +8,23 @@ handler, ``process_batch``, which:
 2. scores the good beats with one call of the exported detector (``streaming.scoring``);
 3. applies the global or per-device threshold (``streaming.adaptive``) and builds anomaly events,
    optional score records and burst alerts (``streaming.events``, ``streaming.alerts``);
-4. sends them, waits until the broker acknowledged every one (``producer.flush`` and the futures),
-5. and only then commits the batch's offsets.
+4. and sends them.
 
-So delivery is at-least-once: a crash anywhere re-reads from the last commit, and only the batch in
-flight can be emitted twice (with identical event ids). A partition revoke processes the open
-batch and commits before the partitions go; SIGTERM/SIGINT only set a stop flag, after which the
-loop finishes the batch, flushes, commits, and the process exits 0. Hot swaps of the model happen
-between batches (``streaming.hotswap``).
+The batch then waits in a short queue (at most ``MAX_BATCHES_IN_FLIGHT``) while the loop reads the
+next one; its offsets are committed only once the broker acknowledged every record it sent, batch by
+batch in order (``_commit_acknowledged``). Overlapping the broker's acknowledgement with the next
+batch keeps the round trip off the latency path without weakening the contract.
+
+So delivery is at-least-once: a crash anywhere re-reads from the last commit, and only the batches
+in flight can be emitted twice (with identical event ids). A partition revoke processes the open
+batch, waits for every acknowledgement and commits before the partitions go; SIGTERM/SIGINT only
+set a stop flag, after which the loop finishes the batch, flushes, commits, and the process exits 0.
+Hot swaps of the model happen between batches (``streaming.hotswap``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import logging
@@ -49,6 +54,8 @@ LOGGER = logging.getLogger(__name__)
 DEFAULT_PARTITIONS = 4
 LAG_INTERVAL_SECONDS = 1.0
 DEAD_LETTER_MAX_BYTES = 3 << 20
+MAX_BATCHES_IN_FLIGHT = 4
+IN_FLIGHT_POLL_TIMEOUT_MS = 10
 
 
 class DeliveryError(RuntimeError):
@@ -79,6 +86,15 @@ class BatchOutput:
     anomalies: int = 0
     dead_letters: list = dataclasses.field(default_factory=list)
     alerts: list = dataclasses.field(default_factory=list)
+    futures: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class InFlightBatch:
+    """A processed batch whose output the broker has not acknowledged yet: its offsets wait."""
+
+    offsets: dict
+    futures: list
 
 
 def offsets_to_commit(records) -> dict:
@@ -131,6 +147,7 @@ class StreamProcessor:
         self.bursts = BurstDetector(config.alert_count, config.alert_window_seconds)
         self._stop = threading.Event()
         self._pending: list = []
+        self._in_flight: collections.deque[InFlightBatch] = collections.deque()
         self._batch_lock = threading.RLock()  # the revoke callback runs on kafka-python's IO thread
         self._positions: dict = {}
         self._last_lag_time = 0.0
@@ -189,6 +206,7 @@ class StreamProcessor:
             self._start()
             self._loop()
             self._flush_pending()
+            self._commit_acknowledged(wait=True)
             self._commit_positions()
         finally:
             self._close()
@@ -202,6 +220,8 @@ class StreamProcessor:
             self._swap_model_if_ready()
             if self._pending:
                 timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            elif self._in_flight:
+                timeout_ms = IN_FLIGHT_POLL_TIMEOUT_MS
             else:
                 timeout_ms = config.poll_timeout_ms
             polled = self.consumer.poll(timeout_ms=timeout_ms,
@@ -213,20 +233,49 @@ class StreamProcessor:
                     self._pending.extend(partition_records)
             if self._pending and (len(self._pending) >= config.batch_size or time.monotonic() >= deadline):
                 self._flush_pending()
+            self._commit_acknowledged()
             self._update_lag()
 
     def _flush_pending(self) -> None:
-        """Processes the open batch, if any, and commits it once its output is acknowledged.
+        """Processes the open batch, if any, and queues its offsets until its output is acknowledged.
 
-        The commit is sent asynchronously (it still follows the acknowledgement, and commits of one
-        member are applied in order); revoke and shutdown then commit every position synchronously.
+        When more than MAX_BATCHES_IN_FLIGHT batches wait, the producer is flushed first, which bounds
+        both memory and the window that a crash replays.
         """
         with self._batch_lock:
             if not self._pending:
                 return
             records, self._pending = self._pending, []
-            self.process_batch(records)
-            self._commit(records)
+            output = self.process_batch(records)
+            self._in_flight.append(InFlightBatch(offsets_to_commit(records), output.futures))
+            if len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+                self._commit_acknowledged(wait=True)
+
+    def _commit_acknowledged(self, wait: bool = False) -> None:
+        """Commits, in order, the offsets of every leading batch whose output the broker acknowledged.
+
+        With ``wait`` the producer is flushed first and every queued batch must be acknowledged. A
+        failed send raises DeliveryError, and neither that batch nor any later one is committed. The
+        commit is sent asynchronously (commits of one member are applied in order); revoke and
+        shutdown then commit every position synchronously.
+        """
+        with self._batch_lock:
+            if wait and self._in_flight:
+                self.producer.flush(timeout=self.config.send_timeout_seconds)
+            offsets = {}
+            while self._in_flight and all(future.is_done for future in self._in_flight[0].futures):
+                batch = self._in_flight[0]
+                failures = [future.exception for future in batch.futures if future.failed()]
+                if failures:
+                    raise DeliveryError(f"{len(failures)} of {len(batch.futures)} output records were not "
+                                        f"acknowledged (first: {failures[0]!r}); offsets not committed")
+                offsets.update(batch.offsets)
+                self._in_flight.popleft()
+            if wait and self._in_flight:
+                raise DeliveryError(f"output of {len(self._in_flight)} batches was not acknowledged within "
+                                    f"{self.config.send_timeout_seconds} s; offsets not committed")
+            if offsets:
+                self._commit(offsets)
 
     def _swap_model_if_ready(self) -> None:
         if self.watcher is None:
@@ -245,7 +294,7 @@ class StreamProcessor:
                     previous.threshold, model.threshold)
 
     def process_batch(self, records) -> BatchOutput:
-        """The one handler per batch: decode, score, emit, wait for the broker's acknowledgement."""
+        """The one handler per batch: decode, score, send; the output's send futures come back in it."""
         config = self.config
         output = BatchOutput()
         futures = []
@@ -260,7 +309,7 @@ class StreamProcessor:
                 output.dead_letters.append(error.reason.split(":", 1)[0])
         if heartbeats:
             futures += self._score_and_emit(good_records, heartbeats, output)
-        self._wait_for_acknowledgement(futures)
+        output.futures = futures
         self._count(records, output)
         return output
 
@@ -327,15 +376,6 @@ class StreamProcessor:
         LOGGER.debug("dead letter %s/%d/%d: %s", record.topic, record.partition, record.offset, reason)
         return self.producer.send(self.config.dead_letter_topic, key=record.key, value=value, headers=headers)
 
-    def _wait_for_acknowledgement(self, futures) -> None:
-        if not futures:
-            return
-        self.producer.flush(timeout=self.config.send_timeout_seconds)
-        failures = [future.exception for future in futures if not future.is_done or future.failed()]
-        if failures:
-            raise DeliveryError(f"{len(failures)} of {len(futures)} output records were not acknowledged "
-                                f"(first: {failures[0]!r}); offsets not committed")
-
     def _count(self, records, output: BatchOutput) -> None:
         now = time.time()
         metrics, summary = self.metrics, self.summary
@@ -355,8 +395,7 @@ class StreamProcessor:
         summary.alerts += len(output.alerts)
         summary.batches += 1
 
-    def _commit(self, records) -> None:
-        offsets = offsets_to_commit(records)
+    def _commit(self, offsets: dict) -> None:
         for partition, meta in offsets.items():
             self._positions[partition] = meta.offset
         self.summary.commits += 1
@@ -389,6 +428,7 @@ class StreamProcessor:
         LOGGER.info("partitions revoked: %s", sorted(f"{p.topic}/{p.partition}" for p in revoked))
         with self._batch_lock:
             self._flush_pending()
+            self._commit_acknowledged(wait=True)
             offsets = {partition: OffsetAndMetadata(self._positions.pop(partition), "", -1)
                        for partition in revoked if partition in self._positions}
         return offsets
@@ -399,6 +439,7 @@ class StreamProcessor:
 
     def _close(self) -> None:
         self._pending = []  # only non-empty after a failure: left uncommitted, re-read by the next owner
+        self._in_flight.clear()
         if self.watcher is not None:
             self.watcher.stop()
         try:

@@ -106,6 +106,14 @@ def test_splits_are_stratified_deterministic_and_disjoint():
     assert (first != other).any()
 
 
+def test_split_depends_on_the_file_name_not_the_path_spelling():
+    keys = {splits.split_key(3, source, 17) for source in ("beats.txt", "data/beats.txt", "/abs/data/beats.txt",
+                                                            "gs://bucket/beats.txt")}
+    assert len(keys) == 1
+    assert splits.split_key(3, "other.txt", 17) not in keys
+    assert splits.source_name("synthetic:beats=100,seed=2") == "synthetic:beats=100,seed=2"
+
+
 def test_split_config_rejects_no_training_share():
     with pytest.raises(ValueError, match="leave beats to train"):
         splits.SplitConfig(test_fraction=0.5, validation_fraction=0.5)
