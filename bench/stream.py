@@ -23,6 +23,7 @@ throughput (plain graph and XLA). Prints one table with ratios.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,13 +159,17 @@ def stop(processes) -> None:
             process.kill()
 
 
-def ceiling_loop(arguments) -> None:
-    """(a): poll, decode, produce one small record per message, flush, commit; until SIGTERM."""
-    import signal
-
-    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
+def stop_flag_on_sigterm() -> threading.Event:
+    """An event that SIGTERM sets: the child roles loop until it is set."""
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda number, frame: stopping.set())
+    return stopping
+
+
+def ceiling_loop(arguments) -> None:
+    """(a): poll, decode, produce one small record per message, flush, commit; until SIGTERM."""
+    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
+    stopping = stop_flag_on_sigterm()
     consumer = make_consumer(settings, arguments.topic, group_id=arguments.group, auto_offset_reset="earliest",
                              max_poll_records=1024, **GROUP_FLAGS)
     producer = make_producer(settings)
@@ -191,15 +196,12 @@ def ceiling_loop(arguments) -> None:
 
 def floor_loop(arguments) -> None:
     """(b): the tutorial loop, one ``model.predict`` per message; until SIGTERM."""
-    import signal
-
     import tensorflow as tf
 
     from models.detector import read_model_card, resolve_version_directory
 
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda number, frame: stopping.set())
+    stopping = stop_flag_on_sigterm()
     directory = resolve_version_directory(arguments.topic.split("|", 1)[1])
     threshold = read_model_card(directory)["threshold"]["value"]
     model = tf.keras.Sequential([tf.keras.Input(shape=(140,)), tf.keras.layers.TFSMLayer(

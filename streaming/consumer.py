@@ -205,8 +205,7 @@ class StreamProcessor:
         try:
             self._start()
             self._loop()
-            self._flush_pending()
-            self._commit_acknowledged(wait=True)
+            self._finish_batches()
             self._commit_positions()
         finally:
             self._close()
@@ -250,6 +249,12 @@ class StreamProcessor:
             self._in_flight.append(InFlightBatch(offsets_to_commit(records), output.futures))
             if len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
                 self._commit_acknowledged(wait=True)
+
+    def _finish_batches(self) -> None:
+        """Processes the open batch and commits every batch once the broker acknowledged all their output."""
+        with self._batch_lock:
+            self._flush_pending()
+            self._commit_acknowledged(wait=True)
 
     def _commit_acknowledged(self, wait: bool = False) -> None:
         """Commits, in order, the offsets of every leading batch whose output the broker acknowledged.
@@ -427,8 +432,7 @@ class StreamProcessor:
         """Rebalance callback: processes the open batch; returns the offsets to commit before the partitions go."""
         LOGGER.info("partitions revoked: %s", sorted(f"{p.topic}/{p.partition}" for p in revoked))
         with self._batch_lock:
-            self._flush_pending()
-            self._commit_acknowledged(wait=True)
+            self._finish_batches()
             offsets = {partition: OffsetAndMetadata(self._positions.pop(partition), "", -1)
                        for partition in revoked if partition in self._positions}
         return offsets
