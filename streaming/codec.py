@@ -22,8 +22,10 @@ Binary encoding (content type ``application/x-heartwatch-beat``), little-endian 
 so a message is exactly ``576 + I + D`` bytes. A consumer picks the decoder from the
 ``content-type`` header (``input_encoding=auto``), or is forced to one with ``input_encoding``.
 
-``decode_message`` returns a ``Heartbeat`` or raises ``DecodeError`` whose ``reason`` starts with
-one of ``REASONS``; the consumer turns that into a dead-letter record.
+``decode_batch`` decodes a micro-batch at once: the good messages as columns with one float32 beat
+matrix, and for every other message a reason that starts with one of ``REASONS``, which the consumer
+turns into a dead-letter record. ``decode_message`` does the same for one message and raises
+``DecodeError`` with the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import math
 import struct
 
 import numpy as np
+import simdjson
 
 from models.ecg import BEAT_LENGTH
 
@@ -77,6 +80,18 @@ class Heartbeat:
     beat: np.ndarray  # float32 [BEAT_LENGTH], finite
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DecodedBatch:
+    """A batch of messages decoded together: the good ones as columns, the refused ones with their reasons."""
+
+    positions: list  # index in the input of each good message, in input order
+    ids: list
+    device_ids: list
+    timestamps: list
+    beats: np.ndarray  # float32 [len(positions), BEAT_LENGTH], finite
+    failures: list  # (index in the input, reason), in input order
+
+
 def _json_loads(value: bytes):
     if orjson is not None:
         try:
@@ -118,24 +133,79 @@ def encoding_of(headers, input_encoding: str) -> str:
 def decode_message(value: bytes | None, headers=None, input_encoding: str = "auto",
                    max_message_bytes: int = 65536) -> Heartbeat:
     """Decodes and validates one message value; raises ``DecodeError`` with the reason otherwise."""
+    decoded = decode_batch([(value, headers)], input_encoding, max_message_bytes)
+    if decoded.failures:
+        raise DecodeError(decoded.failures[0][1])
+    return Heartbeat(decoded.ids[0], decoded.device_ids[0], decoded.timestamps[0], decoded.beats[0])
+
+
+def decode_batch(messages, input_encoding: str = "auto", max_message_bytes: int = 65536) -> DecodedBatch:
+    """Decodes and validates ``(value, headers)`` pairs; never raises for bad input, it lists reasons instead.
+
+    Each message is parsed on its own (simdjson for plain JSON, so no Python object is made per
+    sample), then the samples of all of them become one float32 matrix in a single conversion and one
+    finiteness check; only when that fails are the rows converted one by one to find the culprits.
+    """
+    good, failures = [], []
+    parser = simdjson.Parser()
+    for position, (value, headers) in enumerate(messages):
+        try:
+            good.append((position, *_parse(value, headers, input_encoding, max_message_bytes, parser)))
+        except DecodeError as error:
+            failures.append((position, error.reason))
+    beats, refused = _beat_matrix([fields[4] for fields in good])
+    if refused:
+        failures += [(good[row][0], reason) for row, reason in refused.items()]
+        failures.sort()
+        good = [fields for row, fields in enumerate(good) if row not in refused]
+    return DecodedBatch(positions=[fields[0] for fields in good], ids=[fields[1] for fields in good],
+                        device_ids=[fields[2] for fields in good], timestamps=[fields[3] for fields in good],
+                        beats=beats, failures=failures)
+
+
+def _parse(value: bytes | None, headers, input_encoding: str, max_message_bytes: int, parser) -> tuple:
+    """``(id, device_id, ts, samples)`` of one message; samples are not yet checked to be finite numbers."""
     if not value:
         raise DecodeError("empty message")
     if len(value) > max_message_bytes:
         raise DecodeError(f"oversize: {len(value)} bytes > {max_message_bytes}")
     if encoding_of(headers, input_encoding) == "binary":
-        return decode_binary(value)
-    return decode_json(value)
+        return _parse_binary(value)
+    return _parse_json(value, parser)
 
 
-def decode_json(value: bytes) -> Heartbeat:
-    """Decodes the JSON encoding (see the module docstring)."""
-    document = _json_loads(value)
-    if not isinstance(document, dict):
-        raise DecodeError(f"not an object: got a JSON {type(document).__name__}")
-    missing = [name for name in REQUIRED_FIELDS if name not in document]
-    if missing:
-        raise DecodeError(f"missing field: {', '.join(missing)}")
-    heartbeat_id, device_id, ts, beat = (document[name] for name in REQUIRED_FIELDS)
+def _plain_json_fields(value: bytes, parser) -> tuple | None:
+    """The four fields, the samples as float64, read by simdjson without a Python float per sample.
+
+    None for anything but a plain message (invalid JSON, a missing field, an object where a scalar
+    belongs, nested, boolean, null or string samples...): the general parser then names the reason in
+    the same words for both paths. Nesting is ruled out by requiring a single ``[``, because simdjson
+    would flatten nested arrays.
+    """
+    if value.count(b"[") != 1:
+        return None
+    try:
+        document = parser.parse(value)
+        heartbeat_id, device_id, ts = document["id"], document["device_id"], document["ts"]
+        samples = np.frombuffer(document["beat"].as_buffer(of_type="d"), dtype=np.float64)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError):
+        return None
+    if not (isinstance(heartbeat_id, (str, int)) and isinstance(device_id, str) and isinstance(ts, (int, float))):
+        return None
+    return heartbeat_id, device_id, ts, samples
+
+
+def _parse_json(value: bytes, parser) -> tuple:
+    fields = _plain_json_fields(value, parser)
+    if fields is None:
+        document = _json_loads(value)
+        if not isinstance(document, dict):
+            raise DecodeError(f"not an object: got a JSON {type(document).__name__}")
+        missing = [name for name in REQUIRED_FIELDS if name not in document]
+        if missing:
+            raise DecodeError(f"missing field: {', '.join(missing)}")
+        fields = tuple(document[name] for name in REQUIRED_FIELDS)
+    heartbeat_id, device_id, ts, beat = fields
     if isinstance(heartbeat_id, bool) or not isinstance(heartbeat_id, (str, int)):
         raise DecodeError(f"wrong type: id must be a string or an integer, got {type(heartbeat_id).__name__}")
     if not isinstance(device_id, str) or not device_id:
@@ -144,21 +214,13 @@ def decode_json(value: bytes) -> Heartbeat:
         raise DecodeError(f"wrong type: ts must be a number, got {type(ts).__name__}")
     if not math.isfinite(ts):
         raise DecodeError(f"non-finite value: ts is {ts}")
-    if not isinstance(beat, list):
+    if not isinstance(beat, (list, np.ndarray)):
         raise DecodeError(f"wrong type: beat must be a list of numbers, got {type(beat).__name__}")
     if len(beat) != BEAT_LENGTH:
         raise DecodeError(f"wrong length: beat has {len(beat)} samples, expected {BEAT_LENGTH}")
-    if b"true" in value or b"false" in value:
+    if isinstance(beat, list) and (b"true" in value or b"false" in value):
         _check_no_booleans(beat)
-    try:
-        array = np.asarray(beat)
-    except (TypeError, ValueError):
-        array = None
-    if array is None or array.ndim != 1 or array.dtype.kind not in "fiu":
-        raise DecodeError(f"wrong type: beat must hold numbers only, got {_first_non_number(beat)!r:.40}")
-    with np.errstate(over="ignore"):
-        array = array.astype(np.float32)
-    return Heartbeat(str(heartbeat_id), device_id, float(ts), _checked_finite(array))
+    return str(heartbeat_id), device_id, float(ts), beat
 
 
 def _check_no_booleans(beat: list) -> None:
@@ -167,21 +229,7 @@ def _check_no_booleans(beat: list) -> None:
             raise DecodeError(f"wrong type: beat[{index}] is a boolean")
 
 
-def _first_non_number(beat: list):
-    return next((sample for sample in beat if isinstance(sample, bool) or not isinstance(sample, (int, float))),
-                None)
-
-
-def _checked_finite(array: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(array)
-    if not finite.all():
-        index = int(np.argmin(finite))
-        raise DecodeError(f"non-finite value: beat[{index}] is {array[index]} (as float32)")
-    return array
-
-
-def decode_binary(value: bytes) -> Heartbeat:
-    """Decodes the binary encoding (see the module docstring)."""
+def _parse_binary(value: bytes) -> tuple:
     if len(value) < _BINARY_HEADER.size + BINARY_BEAT_BYTES:
         raise DecodeError(f"bad binary message: {len(value)} bytes is shorter than the minimum "
                           f"{_BINARY_HEADER.size + BINARY_BEAT_BYTES}")
@@ -201,8 +249,57 @@ def decode_binary(value: bytes) -> Heartbeat:
         raise DecodeError("wrong type: device_id must be a non-empty string")
     if not math.isfinite(ts):
         raise DecodeError(f"non-finite value: ts is {ts}")
-    array = np.frombuffer(value, dtype=BINARY_BEAT_DTYPE, count=BEAT_LENGTH, offset=beat_start)
-    return Heartbeat(heartbeat_id, device_id, float(ts), _checked_finite(array.astype(np.float32)))
+    return heartbeat_id, device_id, float(ts), np.frombuffer(value, dtype=BINARY_BEAT_DTYPE, count=BEAT_LENGTH,
+                                                             offset=beat_start)
+
+
+def _beat_matrix(samples: list) -> tuple[np.ndarray, dict]:
+    """Float32 [n, BEAT_LENGTH] of the rows that are finite numbers, and ``{row: reason}`` for the others."""
+    if not samples:
+        return np.empty((0, BEAT_LENGTH), dtype=np.float32), {}
+    try:
+        matrix = np.array(samples)
+    except (TypeError, ValueError):
+        matrix = None
+    if matrix is None or matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
+        return _beat_matrix_row_by_row(samples)
+    with np.errstate(over="ignore"):
+        matrix = matrix.astype(np.float32)
+    finite = np.isfinite(matrix).all(axis=1)
+    if finite.all():
+        return matrix, {}
+    refused = {int(row): _non_finite_reason(matrix[row]) for row in np.flatnonzero(~finite)}
+    return matrix[finite], refused
+
+
+def _beat_matrix_row_by_row(samples: list) -> tuple[np.ndarray, dict]:
+    rows, refused = [], {}
+    for row, beat in enumerate(samples):
+        try:
+            array = np.asarray(beat)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.ndim != 1 or array.dtype.kind not in "fiu":
+            refused[row] = f"wrong type: beat must hold numbers only, got {_first_non_number(beat)!r:.40}"
+            continue
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            refused[row] = _non_finite_reason(array)
+            continue
+        rows.append(array)
+    matrix = np.stack(rows) if rows else np.empty((0, BEAT_LENGTH), dtype=np.float32)
+    return matrix, refused
+
+
+def _first_non_number(beat: list):
+    return next((sample for sample in beat if isinstance(sample, bool) or not isinstance(sample, (int, float))),
+                None)
+
+
+def _non_finite_reason(beat: np.ndarray) -> str:
+    index = int(np.argmin(np.isfinite(beat)))
+    return f"non-finite value: beat[{index}] is {beat[index]} (as float32)"
 
 
 def encode_json(heartbeat_id: str, device_id: str, ts: float, beat) -> bytes:

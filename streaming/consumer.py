@@ -302,58 +302,55 @@ class StreamProcessor:
         """The one handler per batch: decode, score, send; the output's send futures come back in it."""
         config = self.config
         output = BatchOutput()
-        futures = []
-        good_records, heartbeats = [], []
-        for record in records:
-            try:
-                heartbeats.append(codec.decode_message(record.value, record.headers, config.input_encoding,
-                                                       config.max_message_bytes))
-                good_records.append(record)
-            except codec.DecodeError as error:
-                futures.append(self._send_dead_letter(record, error.reason))
-                output.dead_letters.append(error.reason.split(":", 1)[0])
-        if heartbeats:
-            futures += self._score_and_emit(good_records, heartbeats, output)
-        output.futures = futures
+        decoded = codec.decode_batch([(record.value, record.headers) for record in records], config.input_encoding,
+                                     config.max_message_bytes)
+        for position, reason in decoded.failures:
+            output.futures.append(self._send_dead_letter(records[position], reason))
+            output.dead_letters.append(reason.split(":", 1)[0])
+        if decoded.positions:
+            output.futures += self._score_and_emit([records[position] for position in decoded.positions], decoded,
+                                                   output)
         self._count(records, output)
         return output
 
-    def _score_and_emit(self, records, heartbeats, output: BatchOutput) -> list:
+    def _score_and_emit(self, records, decoded: codec.DecodedBatch, output: BatchOutput) -> list:
         config, model = self.config, self.model
-        beats = np.stack([heartbeat.beat for heartbeat in heartbeats])
         started = time.perf_counter()
-        scores = model.score(beats)
+        scores = model.score(decoded.beats)
         self.metrics.scoring_seconds.observe(time.perf_counter() - started)
         errors = scores["reconstruction_error"]
-        device_ids = [heartbeat.device_id for heartbeat in heartbeats]
+        device_ids = decoded.device_ids
         if self.device_thresholds is not None:
             thresholds, kinds = self.device_thresholds.thresholds(device_ids, model.threshold)
             self.device_thresholds.update(device_ids, errors, model.threshold)
         else:
-            thresholds, kinds = np.full(len(heartbeats), model.threshold), None
+            thresholds, kinds = np.full(len(records), model.threshold), None
         is_anomaly = errors > thresholds
         detection_time = time.time()
         futures = []
-        emitted = range(len(heartbeats)) if config.scores_topic else np.flatnonzero(is_anomaly)
+        anomalous = np.flatnonzero(is_anomaly)
+        segments = dict(zip(anomalous.tolist(), events.worst_segments(
+            scores["per_sample_error"][anomalous], config.worst_segments, config.segment_length)))
+        emitted = range(len(records)) if config.scores_topic else anomalous.tolist()
+        errors, thresholds, is_anomaly = errors.tolist(), thresholds.tolist(), is_anomaly.tolist()
         for index in emitted:
-            record, heartbeat = records[index], heartbeats[index]
+            record, device_id = records[index], device_ids[index]
             score = events.score_record(
-                heartbeat_id=heartbeat.id, device_id=heartbeat.device_id, error=errors[index],
+                heartbeat_id=decoded.ids[index], device_id=device_id, error=errors[index],
                 threshold=thresholds[index], threshold_kind=kinds[index] if kinds else "global",
                 is_anomaly=is_anomaly[index], model_version=model.version, topic=record.topic,
-                partition=record.partition, offset=record.offset, event_time=heartbeat.ts,
+                partition=record.partition, offset=record.offset, event_time=decoded.timestamps[index],
                 detection_time=detection_time, processor=self.processor_id,
                 label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER)))
-            key = heartbeat.device_id.encode()
+            key = device_id.encode()
             if config.scores_topic:
                 futures.append(self.producer.send(config.scores_topic, key=key, value=codec.dumps(score)))
             if is_anomaly[index]:
-                event = events.anomaly_event(score, scores["per_sample_error"][index], config.worst_segments,
-                                             config.segment_length)
+                event = events.anomaly_event(score, segments[index])
                 futures.append(self.producer.send(config.events_topic, key=key, value=codec.dumps(event)))
                 output.anomalies += 1
                 futures += self._alert_if_burst(event, output)
-        output.scored = len(heartbeats)
+        output.scored = len(records)
         return futures
 
     def _alert_if_burst(self, event: dict, output: BatchOutput) -> list:

@@ -39,19 +39,27 @@ def event_id(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, f"{topic}/{partition}/{offset}"))
 
 
-def worst_segments(per_sample_error: np.ndarray, count: int, segment_length: int) -> list[dict]:
-    """The ``count`` segments of ``segment_length`` samples with the highest mean error, worst first.
+def worst_segments(per_sample_errors: np.ndarray, count: int, segment_length: int) -> list[list[dict]]:
+    """For each row of ``per_sample_errors`` [beats, samples], its ``count`` segments of ``segment_length``
+    samples with the highest mean error, worst first (computed for all rows at once).
 
     The last segment may be shorter. ``end`` is exclusive; indices are 0-based sample positions.
     """
     if count < 1 or segment_length < 1:
         raise ValueError(f"count and segment_length must be positive, got {count} and {segment_length}")
-    errors = np.asarray(per_sample_error, dtype=np.float64)
-    starts = np.arange(0, errors.shape[0], segment_length)
-    means = np.add.reduceat(errors, starts) / np.diff(np.append(starts, errors.shape[0]))
-    order = np.argsort(-means, kind="stable")[:count]
-    return [{"start": int(starts[index]), "end": int(min(starts[index] + segment_length, errors.shape[0])),
-             "mean_error": round(float(means[index]), 6)} for index in order]
+    errors = np.asarray(per_sample_errors, dtype=np.float64)
+    if errors.ndim != 2:
+        raise ValueError(f"per_sample_errors must be [beats, samples], got shape {errors.shape}")
+    if errors.shape[0] == 0:
+        return []
+    starts = np.arange(0, errors.shape[1], segment_length)
+    ends = np.minimum(starts + segment_length, errors.shape[1])
+    means = np.add.reduceat(errors, starts, axis=1) / (ends - starts)
+    order = np.argsort(-means, axis=1, kind="stable")[:, :count]
+    worst_means = np.round(np.take_along_axis(means, order, axis=1), 6).tolist()
+    starts, ends = starts.tolist(), ends.tolist()
+    return [[{"start": starts[index], "end": ends[index], "mean_error": mean} for index, mean in zip(indices, row)]
+            for indices, row in zip(order.tolist(), worst_means)]
 
 
 def score_record(*, heartbeat_id: str, device_id: str, error: float, threshold: float, threshold_kind: str,
@@ -80,10 +88,10 @@ def score_record(*, heartbeat_id: str, device_id: str, error: float, threshold: 
     return record
 
 
-def anomaly_event(score: dict, per_sample_error: np.ndarray, segment_count: int, segment_length: int) -> dict:
-    """An anomaly event from a beat's score record and its per-sample error."""
+def anomaly_event(score: dict, segments: list[dict]) -> dict:
+    """An anomaly event from a beat's score record and its worst segments (see ``worst_segments``)."""
     event = {key: value for key, value in score.items() if key != "is_anomaly"}
-    event["worst_segments"] = worst_segments(per_sample_error, segment_count, segment_length)
+    event["worst_segments"] = segments
     return event
 
 

@@ -9,8 +9,8 @@ the object swaps all three at once.
 
 With XLA, batches are padded to the next power of two (at least ``MINIMUM_BUCKET``) so that only a
 handful of shapes is ever compiled. On this project's 2-core CPU machine XLA's model-only gain was
-inconsistent between runs (0.7x to 1.6x) and scoring is under 3 % of the per-beat cost of the stream,
-so ``auto`` enables it on GPUs only.
+inconsistent between runs (0.7x to 1.6x) and scoring is about 8 % of the stream's CPU per beat, so
+``auto`` enables it on GPUs only.
 """
 
 from __future__ import annotations

@@ -66,6 +66,8 @@ MALFORMED = {
     "nested sample": (json_message(beat=[[0.0]] * 140), "wrong type"),
     "beat as string": (json_message(beat="0,1,2"), "wrong type"),
     "numeric device": (json_message(device_id=5), "wrong type"),
+    "object id": (json_message(id={"x": 1}), "wrong type: id must be a string or an integer, got dict"),
+    "object device": (json_message(device_id={"y": 2}), "wrong type: device_id must be a non-empty string, got {"),
     "string ts": (json_message(ts="yesterday"), "wrong type"),
     "oversize": (json_message(padding="x" * 70000), "oversize"),
 }
@@ -93,29 +95,67 @@ def test_malformed_binary_messages_are_decode_errors():
         codec.decode_message(good, [(codec.CONTENT_TYPE_HEADER, b"text/csv")])
 
 
+
+def test_a_batch_keeps_its_good_messages_in_order_and_names_every_bad_one():
+    binary_header = [(codec.CONTENT_TYPE_HEADER, codec.BINARY_CONTENT_TYPE.encode())]
+    messages = [(json_message(id="a"), None), (MALFORMED["string sample"][0], None),
+                (codec.encode_binary("b", "device-2", 2.0, BEAT * 2), binary_header), (MALFORMED["NaN sample"][0], None),
+                (json_message(id="c", beat=[1] * BEAT_LENGTH), None), (b"", None),
+                (MALFORMED["float32 overflow"][0], None)]
+    decoded = codec.decode_batch(messages)
+    assert decoded.positions == [0, 2, 4] and decoded.ids == ["a", "b", "c"]
+    assert decoded.device_ids == ["device-1", "device-2", "device-1"] and decoded.timestamps == [1790000000.5, 2.0,
+                                                                                                  1790000000.5]
+    assert decoded.beats.dtype == np.float32 and decoded.beats.shape == (3, BEAT_LENGTH)
+    np.testing.assert_array_equal(decoded.beats, np.stack([BEAT, BEAT * 2, np.ones(BEAT_LENGTH)]))
+    assert [position for position, _ in decoded.failures] == [1, 3, 5, 6]
+    assert [reason.split(":", 1)[0] for _, reason in decoded.failures] == [
+        "wrong type", "non-finite value", "empty message", "non-finite value"]
+    for position, reason in decoded.failures:  # the batch gives the reason a message gets on its own
+        with pytest.raises(codec.DecodeError) as raised:
+            codec.decode_message(*messages[position])
+        assert raised.value.reason == reason
+
+
+def test_the_fast_and_the_general_json_parser_agree():
+    plain = codec.decode_message(json_message(device_id="device-1"))
+    general = codec.decode_message(json_message(device_id="device-[1]"))  # a second "[" takes the general parser
+    np.testing.assert_array_equal(plain.beat, general.beat)
+    assert (plain.id, plain.ts) == (general.id, general.ts) and general.device_id == "device-[1]"
+
+
+def test_a_batch_of_only_bad_messages_has_an_empty_beat_matrix():
+    decoded = codec.decode_batch([(b"{", None), (MALFORMED["nested sample"][0], None)])
+    assert decoded.positions == [] and decoded.beats.shape == (0, BEAT_LENGTH)
+    assert [reason.split(":", 1)[0] for _, reason in decoded.failures] == ["not JSON", "wrong type"]
+
 def test_event_ids_are_deterministic_per_source_coordinates():
     assert events.event_id("in", 1, 5) == events.event_id("in", 1, 5)
     assert len({events.event_id("in", 1, 5), events.event_id("in", 1, 6), events.event_id("in", 2, 5),
                 events.event_id("other", 1, 5)}) == 4
 
 
-def test_worst_segments_rank_segment_means():
-    errors = np.zeros(BEAT_LENGTH)
-    errors[40:50] = 3.0
-    errors[130:140] = 2.0
-    errors[0:10] = 1.0
-    segments = events.worst_segments(errors, 3, 10)
-    assert [(segment["start"], segment["end"]) for segment in segments] == [(40, 50), (130, 140), (0, 10)]
-    assert segments[0]["mean_error"] == 3.0
-    assert events.worst_segments(errors, 2, 30) == [{"start": 30, "end": 60, "mean_error": 1.0},
-                                                    {"start": 120, "end": 140, "mean_error": 1.0}]
+def test_worst_segments_rank_segment_means_row_by_row():
+    errors = np.zeros((2, BEAT_LENGTH))
+    errors[0, 40:50] = 3.0
+    errors[0, 130:140] = 2.0
+    errors[0, 0:10] = 1.0
+    errors[1, 60:70] = 5.0
+    first, second = events.worst_segments(errors, 3, 10)
+    assert [(segment["start"], segment["end"]) for segment in first] == [(40, 50), (130, 140), (0, 10)]
+    assert first[0]["mean_error"] == 3.0 and second[0] == {"start": 60, "end": 70, "mean_error": 5.0}
+    assert events.worst_segments(errors[:1], 2, 30) == [[{"start": 30, "end": 60, "mean_error": 1.0},
+                                                         {"start": 120, "end": 140, "mean_error": 1.0}]]
+    assert events.worst_segments(errors[:0], 3, 10) == []
+    with pytest.raises(ValueError, match="beats, samples"):
+        events.worst_segments(errors[0], 3, 10)
 
 
 def test_anomaly_event_has_the_documented_fields():
     score = events.score_record(heartbeat_id="h", device_id="d", error=0.3, threshold=0.1, threshold_kind="global",
                                 is_anomaly=True, model_version="2", topic="in", partition=0, offset=9, event_time=1.0,
                                 detection_time=2.0, processor="host:1", label=1)
-    event = events.anomaly_event(score, np.ones(BEAT_LENGTH), 3, 10)
+    event = events.anomaly_event(score, events.worst_segments(np.ones((1, BEAT_LENGTH)), 3, 10)[0])
     assert set(event) == {"event_id", "heartbeat_id", "device_id", "reconstruction_error", "threshold",
                           "threshold_kind", "score", "worst_segments", "model_version", "source_topic",
                           "source_partition", "source_offset", "event_time", "detection_time", "processor", "label"}
