@@ -254,42 +254,35 @@ def _parse_binary(value: bytes) -> tuple:
 
 
 def _beat_matrix(samples: list) -> tuple[np.ndarray, dict]:
-    """Float32 [n, BEAT_LENGTH] of the rows that are finite numbers, and ``{row: reason}`` for the others."""
-    if not samples:
-        return np.empty((0, BEAT_LENGTH), dtype=np.float32), {}
-    try:
-        matrix = np.array(samples)
-    except (TypeError, ValueError):
-        matrix = None
-    if matrix is None or matrix.ndim != 2 or matrix.dtype.kind not in "fiu":
-        return _beat_matrix_row_by_row(samples)
+    """Float32 [n, BEAT_LENGTH] of the rows that are finite numbers, and ``{row: reason}`` for the others.
+
+    All rows are converted at once; only when that fails are they checked one by one for the rows
+    that hold something other than numbers. The float32 conversion and finiteness check are shared.
+    """
+    rows, refused = list(range(len(samples))), {}
+    matrix = _numbers(samples)
+    if matrix is None or matrix.ndim != 2:
+        for row, beat in enumerate(samples):
+            array = _numbers(beat)
+            if array is None or array.ndim != 1:
+                refused[row] = f"wrong type: beat must hold numbers only, got {_first_non_number(beat)!r:.40}"
+        rows = [row for row in rows if row not in refused]
+        matrix = np.array([samples[row] for row in rows]) if rows else np.empty((0, BEAT_LENGTH))
     with np.errstate(over="ignore"):
         matrix = matrix.astype(np.float32)
     finite = np.isfinite(matrix).all(axis=1)
-    if finite.all():
-        return matrix, {}
-    refused = {int(row): _non_finite_reason(matrix[row]) for row in np.flatnonzero(~finite)}
+    for index in np.flatnonzero(~finite):
+        refused[rows[index]] = _non_finite_reason(matrix[index])
     return matrix[finite], refused
 
 
-def _beat_matrix_row_by_row(samples: list) -> tuple[np.ndarray, dict]:
-    rows, refused = [], {}
-    for row, beat in enumerate(samples):
-        try:
-            array = np.asarray(beat)
-        except (TypeError, ValueError):
-            array = None
-        if array is None or array.ndim != 1 or array.dtype.kind not in "fiu":
-            refused[row] = f"wrong type: beat must hold numbers only, got {_first_non_number(beat)!r:.40}"
-            continue
-        with np.errstate(over="ignore"):
-            array = array.astype(np.float32)
-        if not np.isfinite(array).all():
-            refused[row] = _non_finite_reason(array)
-            continue
-        rows.append(array)
-    matrix = np.stack(rows) if rows else np.empty((0, BEAT_LENGTH), dtype=np.float32)
-    return matrix, refused
+def _numbers(samples) -> np.ndarray | None:
+    """``samples`` as a numeric array, or None when they hold anything else (or are ragged)."""
+    try:
+        array = np.asarray(samples)
+    except (TypeError, ValueError):
+        return None
+    return array if array.dtype.kind in "fiu" else None
 
 
 def _first_non_number(beat: list):
