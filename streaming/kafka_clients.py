@@ -3,6 +3,14 @@
 Defaults favour the at-least-once contract and the micro-batch loop: producers wait for every
 in-sync replica (``acks="all"``) and retry; consumers never auto-commit. ``--kafka_option`` values
 (see ``streaming.config``) override the defaults here.
+
+Consumers use ``retry_backoff_ms=20`` instead of kafka-python's 100. In kafka-python 3.0,
+``KafkaConsumer.poll`` sleeps ``min(timeout, retry_backoff_ms)`` whenever its fetcher reports
+nothing in flight. When a fetch response lands while ``poll`` is sending the next fetch, the
+fetcher drops the completed request and reports exactly that, so ``poll`` sleeps with the
+records already buffered. Measured at 10,000 beats/s: 1 to 4 such polls per 20 s, each holding
+a batch of 200-300 beats for about 100 ms. The shorter backoff bounds that stall to 20 ms; it
+also makes retries of failed requests come sooner.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ KNOWN_KEYS = {
 PRODUCER_DEFAULTS = {"acks": "all", "retries": 5, "linger_ms": 5, "batch_size": 1 << 20,
                      "max_request_size": 4 << 20}
 CONSUMER_DEFAULTS = {"enable_auto_commit": False, "max_partition_fetch_bytes": 8 << 20,
-                     "fetch_max_bytes": 64 << 20, "fetch_max_wait_ms": 20}
+                     "fetch_max_bytes": 64 << 20, "fetch_max_wait_ms": 20, "retry_backoff_ms": 20}
 
 
 def _options(settings: KafkaSettings, client: str, defaults: dict, overrides: dict) -> dict:
