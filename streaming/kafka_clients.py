@@ -9,8 +9,8 @@ Consumers use ``retry_backoff_ms=20`` instead of kafka-python's 100. In kafka-py
 nothing in flight. When a fetch response lands while ``poll`` is sending the next fetch, the
 fetcher drops the completed request and reports exactly that, so ``poll`` sleeps with the
 records already buffered. Measured at 10,000 beats/s: 1 to 4 such polls per 20 s, each holding
-a batch of 200-300 beats for about 100 ms. The shorter backoff bounds that stall to 20 ms; it
-also makes retries of failed requests come sooner.
+50-330 beats for about 100 ms. The shorter backoff bounds that stall to 20 ms; it also makes
+retries of failed requests come sooner.
 """
 
 from __future__ import annotations
