@@ -275,10 +275,11 @@ def latency_reader(settings, topic: str):
 
     reader = confluent_kafka.Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-reader",
                                        "enable.auto.commit": False, "fetch.wait.max.ms": 20})
-    partitions = [confluent_kafka.TopicPartition(topic, partition) for partition in range(PARTITIONS)]
-    reader.assign([confluent_kafka.TopicPartition(topic, partition.partition,
-                                                  reader.get_watermark_offsets(partition, timeout=30)[1])
-                   for partition in partitions])
+    starts = []
+    for partition in range(PARTITIONS):
+        _, end = reader.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), timeout=30)
+        starts.append(confluent_kafka.TopicPartition(topic, partition, end))
+    reader.assign(starts)
     return reader
 
 
