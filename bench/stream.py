@@ -234,6 +234,11 @@ def floor_loop(arguments) -> None:
         consumer.close(autocommit=False)
 
 
+def load_count(rate: float, seconds: float) -> int:
+    """How many beats the load generator sends at ``rate`` for ``seconds``."""
+    return int(rate * seconds)
+
+
 def producer_loop(arguments) -> None:
     """Latency load: sends beats at ``--rate`` for ``--seconds`` with ts = send time, through librdkafka.
 
@@ -250,7 +255,7 @@ def producer_loop(arguments) -> None:
     producer = confluent_kafka.Producer({"bootstrap.servers": arguments.bootstrap_servers, "acks": "all",
                                          "linger.ms": LOAD_LINGER_MS})
     started = time.monotonic()
-    total, sent = int(arguments.rate * arguments.seconds), 0
+    total, sent = load_count(arguments.rate, arguments.seconds), 0
     while sent < total:
         due = min(total, int((time.monotonic() - started) * arguments.rate) + 1)
         for index in range(sent, due):
@@ -350,7 +355,7 @@ def measure_latency(settings, model_dir: str, rate: float, arguments) -> dict:
         reader.close()
         stop([stream])
     sent_times = [(message.timestamp()[1] / 1000.0, read_time) for read_time, message in transport]
-    return {"rate": rate, "sent": int(rate * arguments.latency_seconds),
+    return {"rate": rate, "sent": load_count(rate, arguments.latency_seconds),
             "transport": percentiles([(sent, read_time - sent) for sent, read_time in sent_times]),
             "stream": percentiles([(event["event_time"], read_time - event["event_time"])
                                    for read_time, event in events]),
