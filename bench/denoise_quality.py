@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import images  # noqa: E402
-from models.denoisers import (BASELINE_MODEL, DEFAULT_MODEL, DenoiserTrainingConfig, evaluate_denoiser,  # noqa: E402
+from models.images import io as images  # noqa: E402
+from models.family.denoisers import (BASELINE_MODEL, DEFAULT_MODEL, DenoiserTrainingConfig, evaluate_denoiser,  # noqa: E402
                               fixed_noisy, train_denoiser)
 
 BAR_DECIBELS = 1.5

@@ -3,7 +3,7 @@
 For each seed the beats are split exactly as `heartwatch train` splits them (``pipeline.splits``,
 20 % test, 20 % validation, stratified by source class). Each model trains on the min-max-scaled
 training normals (statistics over training normals, as the pipeline's TFT graph computes them) with
-early stopping on the validation normals (``models.training.train_autoencoder``). The threshold is
+early stopping on the validation normals (``models.training.fit.train_autoencoder``). The threshold is
 calibrated with ``max_f1`` on the whole validation split; ROC-AUC, PR-AUC and F1 are measured on the
 test split with anomaly as the positive class. Prints a Markdown table of means (± standard deviation)
 over the splits, with the training time per split and the parameter count.
@@ -26,8 +26,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import datasets, metrics, registry, thresholds  # noqa: E402
-from models.training import CandidateConfig, train_autoencoder  # noqa: E402
+from models.ecg import sources as datasets  # noqa: E402
+from models.detection import metrics  # noqa: E402
+from models.family import registry  # noqa: E402
+from models.detection import thresholds  # noqa: E402
+from models.training.fit import CandidateConfig, train_autoencoder  # noqa: E402
 from pipeline import splits  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt")

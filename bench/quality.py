@@ -21,8 +21,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import datasets, metrics, thresholds  # noqa: E402
-from models.training import candidate, train_autoencoder  # noqa: E402
+from models.ecg import sources as datasets  # noqa: E402
+from models.detection import metrics  # noqa: E402
+from models.detection import thresholds  # noqa: E402
+from models.training.fit import candidate, train_autoencoder  # noqa: E402
 from pipeline import splits, train  # noqa: E402
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")

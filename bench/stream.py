@@ -42,7 +42,7 @@ sys.path.insert(0, REPOSITORY)
 
 from kafka import TopicPartition  # noqa: E402
 
-from models.datasets import DatasetSpec, load_dataset  # noqa: E402
+from models.ecg.sources import DatasetSpec, load_dataset  # noqa: E402
 from streaming import codec  # noqa: E402
 from streaming.broker import LocalBroker  # noqa: E402
 from streaming.config import KafkaSettings  # noqa: E402
@@ -206,7 +206,7 @@ def floor_loop(arguments) -> None:
     """(b): the tutorial loop, one ``model.predict`` per message; until SIGTERM."""
     import tensorflow as tf
 
-    from models.detector import read_model_card, resolve_version_directory
+    from models.detection.detector import read_model_card, resolve_version_directory
 
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
     stopping = stop_flag_on_sigterm()

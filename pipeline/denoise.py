@@ -49,7 +49,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from models import images as image_tools
+from models.images import io as image_tools
 from pipeline.config import parse_job_args
 from pipeline.train import pipeline_options
 
@@ -300,7 +300,7 @@ class DenoiserModelHandler(ModelHandler):
         self.batch_size = batch_size
 
     def load_model(self):
-        from models.denoisers import load_denoiser
+        from models.family.denoisers import load_denoiser
 
         return load_denoiser(self.model_path)
 

@@ -23,8 +23,8 @@ import re
 
 import numpy as np
 
-from models import images as image_tools
-from models.denoisers import DEFAULT_MODEL, MODELS, DenoiserTrainingConfig
+from models.images import io as image_tools
+from models.family.denoisers import DEFAULT_MODEL, MODELS, DenoiserTrainingConfig
 from pipeline.config import parse_job_args
 
 LOGGER = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def build_model_card(config: DenoiseTrainConfig, version_directory: str, result,
 
 def run_training(argv=None) -> DenoiseTrainResult:
     """Runs `heartwatch denoise train` with command-line style ``argv``."""
-    from models.denoisers import denoise_array, evaluate_denoiser, fixed_noisy, train_denoiser
+    from models.family.denoisers import denoise_array, evaluate_denoiser, fixed_noisy, train_denoiser
     from pipeline.denoise_figures import save_comparison_grid
 
     config, remaining = parse_job_args(DenoiseTrainConfig, argv, prog="heartwatch denoise train")

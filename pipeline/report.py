@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from models import metrics  # noqa: E402
+from models.detection import metrics  # noqa: E402
 from models.ecg import ANOMALY, NORMAL  # noqa: E402
 
 LOGGER = logging.getLogger(__name__)

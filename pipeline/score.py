@@ -17,7 +17,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from models import datasets, metrics
+from models.ecg import sources as datasets
+from models.detection import metrics
 from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL
 from pipeline.config import parse_job_args
 from pipeline.train import ReadRows, ValidateRows, format_metrics, open_with_beam_filesystems, pipeline_options
@@ -61,7 +62,7 @@ class DetectorModelHandler(ModelHandler):
         self.max_batch_size = max_batch_size
 
     def load_model(self):
-        from models.detector import load_detector
+        from models.detection.detector import load_detector
 
         return load_detector(self.model_path)
 
@@ -124,7 +125,7 @@ def read_scores(path: str) -> dict[str, np.ndarray]:
 def run(argv=None) -> ScoreResult:
     """Runs `heartwatch score`; returns counts and, for labelled data, the metrics."""
     config, beam_args = parse_job_args(ScoreConfig, argv, prog="heartwatch score")
-    from models.detector import resolve_version_directory
+    from models.detection.detector import resolve_version_directory
 
     model_directory = resolve_version_directory(config.model)
     spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)

@@ -25,10 +25,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from models import datasets, metrics, thresholds
+from models.ecg import sources as datasets
+from models.detection import metrics
+from models.detection import thresholds
 from models.ecg import (ANOMALY, BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, NORMALIZED_BEAT_KEY, ROW_NUMBER_KEY,
                         SOURCE_CLASS_KEY, SOURCE_KEY)
-from models.training import CANDIDATES, CandidateConfig, candidate
+from models.training.fit import CANDIDATES, CandidateConfig, candidate
 from pipeline import splits
 from pipeline.config import parse_job_args
 
@@ -213,8 +215,8 @@ class TrainCandidate(beam.DoFn):
         self.trained = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "candidates_trained")
 
     def process(self, candidate_dict, train_rows, validation_rows, validation_records, transform_ready):
-        from models.detector import DetectorModule
-        from models.training import train_autoencoder
+        from models.detection.detector import DetectorModule
+        from models.training.fit import train_autoencoder
         from pipeline.transform import TransformGraph
 
         config = CandidateConfig.from_dict(candidate_dict)
@@ -258,8 +260,8 @@ class ExportDetector(beam.DoFn):
 
     def process(self, best, validation_records, test_records, candidates, split_counts, bad_row_count,
                 transform_ready):
-        from models import registry
-        from models.detector import SAVED_MODEL_DIRECTORY, DetectorModule, write_model_card
+        from models.family import registry
+        from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule, write_model_card
         from pipeline import report
         from pipeline.transform import TransformGraph, affine_statistics
 
@@ -429,7 +431,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 def run(argv=None) -> TrainResult:
     """Runs `heartwatch train` with command-line style ``argv``; returns where everything went."""
     config, beam_args = parse_job_args(TrainConfig, argv, prog="heartwatch train")
-    from models.detector import next_version_directory
+    from models.detection.detector import next_version_directory
 
     spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     data_sha256 = _data_sha256(spec)
@@ -438,7 +440,7 @@ def run(argv=None) -> TrainResult:
     LOGGER.info("training on %s -> %s", config.data, version_directory)
     with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
         build_pipeline(pipeline, config, version_directory, data_sha256)
-    from models.detector import SAVED_MODEL_DIRECTORY, read_model_card
+    from models.detection.detector import SAVED_MODEL_DIRECTORY, read_model_card
 
     report_path = os.path.join(version_directory, "report", "index.html")
     return TrainResult(version_directory=version_directory,

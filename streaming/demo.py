@@ -24,8 +24,8 @@ import time
 
 from kafka import TopicPartition
 
-from models.datasets import DatasetSpec, load_dataset
-from models.detector import list_versions
+from models.ecg.sources import DatasetSpec, load_dataset
+from models.detection.detector import list_versions
 from streaming import codec, replay
 from streaming.broker import LocalBroker, free_port
 from streaming.config import DemoConfig, KafkaSettings, parse_config

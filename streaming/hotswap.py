@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 
-from models.detector import list_versions, resolve_version_directory
+from models.detection.detector import list_versions, resolve_version_directory
 from streaming.scoring import ScoringModel, load_scoring_model
 
 LOGGER = logging.getLogger(__name__)

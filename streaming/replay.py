@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-from models.datasets import DatasetSpec, LoadedDataset, load_dataset
+from models.ecg.sources import DatasetSpec, LoadedDataset, load_dataset
 from streaming import codec
 from streaming.config import KafkaSettings, ReplayConfig, parse_config
 from streaming.kafka_clients import ensure_topics, make_producer

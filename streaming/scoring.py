@@ -1,6 +1,6 @@
 """The exported detector as a checked, compiled scoring function for micro-batches.
 
-``load_scoring_model(path, xla)`` loads a version with ``models.detector.load_detector``, wraps its
+``load_scoring_model(path, xla)`` loads a version with ``models.detection.detector.load_detector``, wraps its
 serving signature in a ``tf.function`` (XLA-compiled when asked, or with ``auto`` when TensorFlow
 sees a GPU), and checks it before it may serve: the signature must score a probe batch to finite
 outputs of the right shapes, and the threshold it applies must equal the model card's. One
@@ -22,7 +22,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from models.detector import load_detector
+from models.detection.detector import load_detector
 from models.ecg import BEAT_LENGTH
 
 LOGGER = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import datasets
-from models.datasets import (
+from models.ecg import sources as datasets
+from models.ecg.sources import (
     ECG_CSV_URL,
     FORMATS,
     DatasetSpec,

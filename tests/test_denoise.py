@@ -14,7 +14,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 import heartwatch_cli
-from models import denoisers, images, registry
+from models.family import denoisers
+from models.images import io as images
+from models.family import registry
 from pipeline import denoise
 
 TINY_DNCNN = '{"depth": 4, "filters": 16}'

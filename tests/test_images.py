@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from models import images
+from models.images import io as images
 
 
 def _rng(seed=0):

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from models import metrics, thresholds
+from models.detection import metrics
+from models.detection import thresholds
 from pipeline import splits
 
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import detector, registry
-from models.autoencoders import ECG_DOMAIN, IMAGE_DOMAIN, DenseAutoencoder, DenseConfig
+from models.detection import detector
+from models.family import registry
+from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN, DenseAutoencoder, DenseConfig
 from models.ecg import BEAT_LENGTH
-from models.family import FAMILY, ContractiveConfig, ImageConvConfig, LSTMConfig, SparseConfig, VAEConfig
+from models.family.variants import FAMILY, ContractiveConfig, ImageConvConfig, LSTMConfig, SparseConfig, VAEConfig
 
 # Small configurations of every model this family registers (name -> parameters); each is quick to train.
 SMALL = {

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from models import latent, registry
+from models.family import latent
+from models.family import registry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from models.datasets import DatasetSpec, load_dataset
+from models.ecg.sources import DatasetSpec, load_dataset
 from streaming import codec, events, replay
 from streaming.broker import free_port
 from streaming.config import StreamConfig

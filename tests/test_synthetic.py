@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from models.ecg import BEAT_LENGTH
-from models.synthetic import (
+from models.ecg.synthetic import (
     ABNORMAL_KINDS,
     R_PEAK_SAMPLE,
     SYNTHETIC_KINDS,

@@ -12,8 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import BAD_ROWS, REPOSITORY
-from models import datasets
-from models.detector import load_detector
+from models.ecg import sources as datasets
+from models.detection.detector import load_detector
 from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
 from pipeline import score, splits, train
 from pipeline.transform import make_preprocessing_fn, raw_metadata

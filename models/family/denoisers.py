@@ -9,7 +9,7 @@
   noise estimate; ``reconstruct`` and ``per_sample_error`` behave as for every autoencoder.
 
 Both are fully convolutional (any height and width, ``channels`` fixed by the config) and follow the
-``models.autoencoders.Autoencoder`` pattern: frozen config dataclass, Keras serialisation.
+``models.family.variants.base.Autoencoder`` pattern: frozen config dataclass, Keras serialisation.
 
 ``train_denoiser`` fits noisy -> clean with fresh noise drawn for every batch (``NoisyBatches``),
 a fixed noisy validation set, best-``val_loss`` checkpointing and early stopping.
@@ -26,12 +26,12 @@ import time
 import keras
 import numpy as np
 
-from models import images as image_tools
-from models.autoencoders import Autoencoder
+from models.images import io as image_tools
+from models.family.base import Autoencoder
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_MODEL = "dncnn"
-# The value of ``models.autoencoders.IMAGE_DOMAIN``: what ``models.registry.image_models`` selects on.
+# The value of ``models.family.variants.base.IMAGE_DOMAIN``: what ``models.family.registry.image_models`` selects on.
 IMAGE_DOMAIN = "image"
 BASELINE_MODEL = "denoise_tutorial"
 
@@ -138,7 +138,7 @@ MODELS = {BASELINE_MODEL: TutorialDenoise, DEFAULT_MODEL: DnCNN}
 
 def build_denoiser(name: str, channels: int, parameters: dict | None = None) -> Autoencoder:
     """Builds denoiser ``name`` for ``channels``-channel images from config overrides."""
-    from models import registry
+    from models.family import registry
 
     if name not in MODELS:
         raise ValueError(f"unknown denoiser {name!r}; denoisers: {', '.join(sorted(MODELS))}")

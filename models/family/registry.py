@@ -13,11 +13,11 @@ import logging
 
 import keras
 
-from models.autoencoders import ECG_DOMAIN, IMAGE_DOMAIN, config_from_dict
+from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN, config_from_dict
 
 LOGGER = logging.getLogger(__name__)
 
-MODEL_MODULES = ("models.autoencoders", "models.family", "models.denoisers")
+MODEL_MODULES = ("models.family.base", "models.family.variants", "models.family.denoisers")
 KERAS_SUFFIX = ".keras"
 
 

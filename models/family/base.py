@@ -2,14 +2,14 @@
 
 Every autoencoder is a Keras 3 model built from a frozen, typed config and exposes the same methods:
 ``encode``, ``decode``, ``reconstruct``, ``per_sample_error`` and ``anomaly_score``. The registry in
-``models.registry`` builds them by name; the batch pipelines and benchmarks only ever go through it.
+``models.family.registry`` builds them by name; the batch pipelines and benchmarks only ever go through it.
 
 Errors are absolute differences (the tutorial's mean absolute error), so ``anomaly_score`` of a beat is
 its mean absolute reconstruction error: the same number the exported detector calls
 ``reconstruction_error``.
 
 Every model also declares its ``domain``: ``"ecg"`` for models that map flat beats [batch, 140] to
-flat beats (these can be wrapped by ``models.detector.DetectorModule`` and exported), ``"image"`` for
+flat beats (these can be wrapped by ``models.detection.detector.DetectorModule`` and exported), ``"image"`` for
 image models. Regularised models (sparse, contractive, variational) add their penalty to the training
 loss with ``add_loss`` inside ``call`` when ``training`` is true, so a plain
 ``model.compile(loss="mae"); model.fit(x, x)`` trains them; ``penalty(inputs)`` returns the same term
@@ -83,10 +83,26 @@ class Autoencoder(keras.Model):
         """Absolute reconstruction error, same shape as the inputs."""
         return keras.ops.abs(inputs - self.reconstruct(inputs))
 
+    def scores(self, inputs) -> dict:
+        """The one definition of what a model scores, used by training, evaluation and the export.
+
+        Returns ``per_sample_error`` (absolute error, shaped like the inputs), ``reconstruction_error``
+        (its mean per example) and ``anomaly_score`` (higher = more anomalous): the reconstruction
+        error unless the model defines its own score (``score_from_error``), e.g. the VAE's negative ELBO.
+        """
+        per_sample_error = self.per_sample_error(inputs)
+        flat = keras.ops.reshape(per_sample_error, (keras.ops.shape(per_sample_error)[0], -1))
+        reconstruction_error = keras.ops.mean(flat, axis=-1)
+        return {"per_sample_error": per_sample_error, "reconstruction_error": reconstruction_error,
+                "anomaly_score": self.score_from_error(inputs, reconstruction_error)}
+
+    def score_from_error(self, inputs, reconstruction_error):
+        """The anomaly score given the reconstruction error; subclasses with their own score override this."""
+        return reconstruction_error
+
     def anomaly_score(self, inputs):
-        """Mean absolute reconstruction error per example (higher = more anomalous)."""
-        errors = self.per_sample_error(inputs)
-        return keras.ops.mean(keras.ops.reshape(errors, (keras.ops.shape(errors)[0], -1)), axis=-1)
+        """Anomaly score per example (see ``scores``)."""
+        return self.scores(inputs)["anomaly_score"]
 
     def get_config(self):
         return {"config": dataclasses.asdict(self.config)}

@@ -19,7 +19,7 @@ Supported inputs (``DatasetSpec.format``):
     its text is the source class. Without a label column every beat's label is
     ``UNKNOWN_LABEL``. A parquet table may also hold each beat as one list-valued column.
 ``synthetic``
-    ``"synthetic"`` or ``"synthetic:beats=...,seed=..."`` (see ``models.synthetic``); the source
+    ``"synthetic"`` or ``"synthetic:beats=...,seed=..."`` (see ``models.ecg.synthetic``); the source
     class is the synthetic kind.
 
 ``auto`` (the default) picks the format from the path: a synthetic URI, then the extension
@@ -61,7 +61,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from models import synthetic
+from models.ecg import synthetic
 from models.ecg import (
     ANOMALY,
     BEAT_KEY,

@@ -8,7 +8,7 @@ normal as positive, heartwatch does not.
 
 BEAT_LENGTH = 140
 
-# Keys of a validated beat record (``models.datasets.validate_row`` makes them).
+# Keys of a validated beat record (``models.ecg.sources.validate_row`` makes them).
 ROW_NUMBER_KEY = "row_number"
 BEAT_KEY = "beat"
 IS_ANOMALY_KEY = "is_anomaly"

@@ -14,8 +14,8 @@ import time
 import keras
 import numpy as np
 
-from models import registry
-from models.autoencoders import config_from_dict
+from models.family import registry
+from models.family.base import config_from_dict
 
 LOGGER = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """The rest of the autoencoder family: image autoencoders, LSTM, sparse, contractive and variational.
 
-Every model here follows the ``models.autoencoders.Autoencoder`` interface (typed frozen config,
+Every model here follows the ``models.family.variants.base.Autoencoder`` interface (typed frozen config,
 ``encode``/``decode``/``reconstruct``/``per_sample_error``/``anomaly_score``, Keras 3 serialisation)
-and is registered by name through ``MODELS``; ``models.registry`` builds them.
+and is registered by name through ``MODELS``; ``models.family.registry`` builds them.
 
 ECG-capable models (``domain == "ecg"``) map flat beats [batch, 140] to flat beats, so the exported
-detector (``models.detector.DetectorModule``) wraps them unchanged. The sparse, contractive and
+detector (``models.detection.detector.DetectorModule``) wraps them unchanged. The sparse, contractive and
 variational autoencoders take any ``input_shape``: their default is a beat, ``(28, 28)`` makes them
 image models (their registered ``domain`` stays the default's).
 
 The convolutional *denoiser* of the family (Conv2D encoder, Conv2DTranspose decoder) is the
-TensorFlow tutorial's ``Denoise`` model, registered as ``"denoise_tutorial"`` by ``models.denoisers``;
+TensorFlow tutorial's ``Denoise`` model, registered as ``"denoise_tutorial"`` by ``models.family.denoisers``;
 ``FAMILY`` maps every architecture of the family to its registry name.
 """
 
@@ -22,7 +22,7 @@ import math
 import keras
 import tensorflow as tf
 
-from models.autoencoders import ECG_DOMAIN, IMAGE_DOMAIN, Autoencoder
+from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN, Autoencoder
 from models.ecg import BEAT_LENGTH
 
 IMAGE_SHAPE = (28, 28)
@@ -385,17 +385,14 @@ class VariationalAutoencoder(Autoencoder):
 
     def negative_elbo(self, inputs):
         """Per-example training objective: mean absolute error plus the weighted KL term (per value)."""
-        mean, log_variance = self.posterior(inputs)
-        reconstruction = self.decoder(mean)
-        error = keras.ops.abs(inputs - reconstruction)
-        error = keras.ops.mean(keras.ops.reshape(error, (keras.ops.shape(error)[0], -1)), axis=-1)
-        return error + self.config.kl_weight * self._divergence(mean, log_variance) / self.input_size
+        reconstruction_error = self.scores(inputs)["reconstruction_error"]
+        return reconstruction_error + self.config.kl_weight * self.kl_divergence(inputs) / self.input_size
 
-    def anomaly_score(self, inputs):
+    def score_from_error(self, inputs, reconstruction_error):
         """Reconstruction error or negative ELBO per example, as ``config.score`` says."""
         if self.config.score == "negative_elbo":
-            return self.negative_elbo(inputs)
-        return super().anomaly_score(inputs)
+            return reconstruction_error + self.config.kl_weight * self.kl_divergence(inputs) / self.input_size
+        return reconstruction_error
 
     def _divergence(self, mean, log_variance):
         return -0.5 * keras.ops.sum(1.0 + log_variance - keras.ops.square(mean) - keras.ops.exp(log_variance),

@@ -1,0 +1,1 @@
+"""What every job shares below the ML: flags, the file layer and versioned artefacts."""

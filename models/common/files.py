@@ -1,0 +1,192 @@
+"""The file layer: every read and write of a user-given path in heartwatch goes through here.
+
+It is a thin layer over ``tf.io.gfile``, TensorFlow's file API, which every heartwatch artefact needs
+anyway (SavedModels, checkpoints, TFT graphs) and which speaks local paths, ``gs://``, ``hdfs://``
+and the in-memory ``ram://`` filesystem (used by the tests). Inside Beam pipelines, Beam's own IOs
+(``ReadFromText``, ``WriteToText``, ...) read and write through Beam's ``FileSystems``;
+``pipeline.filesystems`` registers the schemes only TensorFlow knows (``ram://``) with Beam, backed by
+this module, so a path means the same file to both layers.
+
+Nothing else in ``models/``, ``pipeline/`` or ``streaming/`` calls ``open()`` or ``os`` file functions
+on a path a user gave.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+
+import tensorflow as tf
+
+SCHEME_SEPARATOR = "://"
+
+
+def has_scheme(path: str) -> bool:
+    """True for URLs such as ``gs://bucket/x`` or ``ram://x`` (not for local paths)."""
+    return SCHEME_SEPARATOR in str(path)
+
+
+def join(path: str, *parts: str) -> str:
+    """Joins path parts with ``/`` for URLs and the platform separator for local paths."""
+    if has_scheme(path):
+        return posixpath.join(str(path), *parts)
+    import os
+
+    return os.path.join(str(path), *parts)
+
+
+def basename(path: str) -> str:
+    """The last component of ``path`` (a trailing slash is ignored)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def dirname(path: str) -> str:
+    """``path`` without its last component."""
+    text = str(path).rstrip("/")
+    return text.rsplit("/", 1)[0] if "/" in text else ""
+
+
+def exists(path: str) -> bool:
+    """True when a file or directory exists at ``path``."""
+    return tf.io.gfile.exists(str(path))
+
+
+def is_directory(path: str) -> bool:
+    """True when ``path`` is a directory."""
+    return tf.io.gfile.isdir(str(path))
+
+
+def make_directories(path: str) -> str:
+    """Creates ``path`` and its parents when missing; returns ``path``."""
+    tf.io.gfile.makedirs(str(path))
+    return str(path)
+
+
+def list_directory(path: str) -> list[str]:
+    """Entry names directly under ``path`` (no trailing slashes), sorted; empty when it is missing."""
+    if not is_directory(path):
+        return []
+    return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(str(path)))
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching a glob ``pattern``, sorted."""
+    return sorted(tf.io.gfile.glob(str(pattern)))
+
+
+def walk_files(path: str) -> list[str]:
+    """Every file below directory ``path``, sorted."""
+    found = []
+    for folder, _, names in tf.io.gfile.walk(str(path)):
+        found += [join(folder, name) for name in names]
+    return sorted(found)
+
+
+def size(path: str) -> int:
+    """Size of a file in bytes."""
+    return int(tf.io.gfile.stat(str(path)).length)
+
+
+def stat_signature(path: str) -> tuple:
+    """``(size, modification time)`` of a file: tells a rewritten file from the old one."""
+    status = tf.io.gfile.stat(str(path))
+    return int(status.length), int(status.mtime_nsec)
+
+
+def open_file(path: str, mode: str = "r"):
+    """A file object for ``path`` (``r``, ``rb``, ``w``, ``wb``, ``a``); text modes are UTF-8."""
+    if mode not in ("r", "rb", "w", "wb", "a"):
+        raise ValueError(f"unsupported file mode {mode!r}")
+    return tf.io.gfile.GFile(str(path), mode)
+
+
+def open_binary(path: str):
+    """A binary, seekable read stream (what readers that take an ``open_fn`` want)."""
+    return open_file(path, "rb")
+
+
+def open_text(path: str):
+    """A text read stream that yields ``str`` lines, with universal newlines."""
+    return io.TextIOWrapper(io.BufferedReader(_RawReader(open_binary(path))), encoding="utf-8", newline="")
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file as bytes."""
+    with open_file(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(path: str) -> str:
+    """The whole file as text."""
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Writes ``data`` to ``path`` (parents created); returns the path."""
+    parent = dirname(path)
+    if parent:
+        make_directories(parent)
+    with open_file(path, "wb") as handle:
+        handle.write(data)
+    return str(path)
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes ``text`` as UTF-8; returns the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str):
+    """Parses a JSON file."""
+    return json.loads(read_bytes(path))
+
+
+def write_json(path: str, document, indent: int | None = 2) -> str:
+    """Writes ``document`` as JSON (keys sorted; numpy scalars and other objects via ``str``)."""
+    return write_text(path, json.dumps(document, indent=indent, sort_keys=True, default=str))
+
+
+def copy(source: str, destination: str, overwrite: bool = True) -> str:
+    """Copies one file; returns the destination."""
+    tf.io.gfile.copy(str(source), str(destination), overwrite=overwrite)
+    return str(destination)
+
+
+def rename(source: str, destination: str) -> None:
+    """Renames a file or directory (atomic on local filesystems); fails when the destination exists."""
+    tf.io.gfile.rename(str(source), str(destination), overwrite=False)
+
+
+def remove(path: str) -> None:
+    """Deletes a file, or a directory with everything below it; nothing when it is missing."""
+    if is_directory(path):
+        tf.io.gfile.rmtree(str(path))
+    elif exists(path):
+        tf.io.gfile.remove(str(path))
+
+
+def unique_name(prefix: str) -> str:
+    """A name no other writer will pick (for temporary and staging files)."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+class _RawReader(io.RawIOBase):
+    """Adapts a GFile to ``io.RawIOBase`` so that ``io.TextIOWrapper`` can decode it line by line."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._handle.close()
+        super().close()

@@ -1,0 +1,1 @@
+"""Anomaly detection on reconstruction error: thresholds, metrics and the exported detector contract."""

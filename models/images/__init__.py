@@ -1,0 +1,1 @@
+"""Images: noise models, quality metrics (PSNR, SSIM) and image-set I/O."""

@@ -1,0 +1,1 @@
+"""Fitting autoencoders: the one fit loop and the named training presets."""
