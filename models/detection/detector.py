@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.common import artifacts, files
+from models.detection import thresholds
 from models.ecg import BEAT_LENGTH
 
 LOGGER = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class DetectorModule(tf.Module):
         normalized = tf.cast(self.preprocess(beats), tf.float32)
         scores = {key: tf.cast(value, tf.float32) for key, value in self.autoencoder.scores(normalized).items()}
         threshold = tf.fill(tf.shape(scores["anomaly_score"]), self.threshold)
-        return {**scores, "threshold": threshold, "is_anomaly": scores["anomaly_score"] > threshold}
+        return {**scores, "threshold": threshold, "is_anomaly": thresholds.is_anomalous(scores["anomaly_score"], threshold)}
 
     def set_threshold(self, value: float) -> None:
         """Sets the calibrated threshold before export."""

@@ -1,6 +1,7 @@
-"""Anomaly-threshold calibration on reconstruction errors.
+"""Anomaly-threshold calibration on anomaly scores, and the one rule that applies a threshold.
 
-A beat is anomalous when its reconstruction error is strictly greater than the threshold. Three
+A beat is anomalous when its anomaly score (the reconstruction error, or a model's own score) is
+strictly greater than the threshold (``is_anomalous``). Three
 calibration methods, all pure functions of held-out errors:
 
 - ``mean_std``: mean + k * std of the errors of normal validation beats (the TensorFlow tutorial,
@@ -63,9 +64,16 @@ class Threshold:
         return {"value": float(self.value), "method": self.method, "parameters": dict(self.parameters)}
 
 
-def is_anomalous(errors, threshold_value: float) -> np.ndarray:
-    """Flags beats whose reconstruction error is strictly above the threshold."""
-    return np.asarray(errors, dtype=np.float64) > float(threshold_value)
+def is_anomalous(scores, threshold):
+    """THE rule: a beat is anomalous when its anomaly score is strictly above the threshold.
+
+    Works on numpy arrays and on TensorFlow tensors alike: the exported detector applies it inside
+    the SavedModel (``models.detection.detector.DetectorModule``) and the stream's per-device
+    thresholds apply the same function to the detector's scores. Lists are read as float arrays.
+    """
+    if isinstance(scores, (list, tuple)):
+        scores = np.asarray(scores, dtype=np.float64)
+    return scores > threshold
 
 
 def _finite_errors(errors, name: str) -> np.ndarray:
