@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from models.images import io as images
 from models.common import files
+from models.images import io as images
 from models.images import noise, quality, sets
 
 
