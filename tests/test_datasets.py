@@ -13,7 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ecg import sources as datasets
+from models.common import files
+from models.ecg import (
+    BEAT_KEY,
+    BEAT_LENGTH,
+    IS_ANOMALY_KEY,
+    ROW_NUMBER_KEY,
+    SOURCE_CLASS_KEY,
+    SOURCE_KEY,
+    UNKNOWN_LABEL,
+    download,
+)
+from models.ecg.readers import open_data_file
 from models.ecg.sources import (
     ECG_CSV_URL,
     FORMATS,
@@ -27,15 +38,6 @@ from models.ecg.sources import (
     resolve_path,
     validate_row,
     with_resolved_format,
-)
-from models.ecg import (
-    BEAT_KEY,
-    BEAT_LENGTH,
-    IS_ANOMALY_KEY,
-    ROW_NUMBER_KEY,
-    SOURCE_CLASS_KEY,
-    SOURCE_KEY,
-    UNKNOWN_LABEL,
 )
 
 ECG5000_CLASS_COUNTS = {"1": 292, "2": 177, "3": 10, "4": 19, "5": 2}
@@ -63,7 +65,7 @@ def write_lines(path: Path, lines: list[str]) -> str:
     return str(path)
 
 
-def records_and_errors(spec: DatasetSpec, open_fn=open) -> tuple[list[dict], list[dict]]:
+def records_and_errors(spec: DatasetSpec, open_fn=open_data_file) -> tuple[list[dict], list[dict]]:
     """Split ``iter_records`` into its records and its errors."""
     items = list(iter_records(spec, open_fn))
     return [item for kind, item in items if kind == "record"], [
@@ -505,7 +507,7 @@ def test_resolve_path_downloads_once_into_the_cache(tmp_path, file_server, monke
     folder, base_url = file_server
     content = (",".join([*number_fields(beat(0)), "0"]) + "\n").encode()
     (folder / "ecg.csv").write_bytes(content)
-    monkeypatch.setenv(datasets.CACHE_ENV_VAR, str(tmp_path / "env-cache"))
+    monkeypatch.setenv(download.CACHE_ENV_VAR, str(tmp_path / "env-cache"))
     url = f"{base_url}/ecg.csv"
     local = resolve_path(url)
     assert Path(local).parent == tmp_path / "env-cache"
@@ -542,3 +544,41 @@ def test_empty_dataset_has_no_labels(tmp_path):
     assert len(dataset) == 0
     assert dataset.beats.shape == (0, BEAT_LENGTH)
     assert not dataset.has_labels
+
+
+def test_default_opener_reads_every_format_through_the_file_layer():
+    root = "ram://ecg-sources"
+    ucr = files.write_text(f"{root}/ECG5000_TEST.tsv", "\t".join(["2", *text_fields(beat(0))]) + "\n")
+    headed = files.write_text(
+        f"{root}/table.csv",
+        "\ufeff" + ",".join([*(f"s{index}" for index in range(BEAT_LENGTH)), "label"]) + "\r\n"
+        + ",".join([*number_fields(beat(1)), "1"]) + "\r\n",
+    )
+    buffer = io.BytesIO()
+    parquet_frame([3]).to_parquet(buffer)
+    parquet = files.write_bytes(f"{root}/beats.parquet", buffer.getvalue())
+    records, errors = records_and_errors(DatasetSpec(ucr))
+    assert errors == [] and [record[SOURCE_CLASS_KEY] for record in records] == ["2"]
+    assert DatasetSpec(headed).resolved_format() == "csv"
+    records, errors = records_and_errors(DatasetSpec(headed, label_column="label"))
+    assert errors == [] and [record[ROW_NUMBER_KEY] for record in records] == [2]
+    np.testing.assert_allclose(records[0][BEAT_KEY], beat(1), rtol=1e-6)
+    dataset = load_dataset(DatasetSpec(parquet, label_column="label"))
+    assert dataset.source_classes.tolist() == ["3"] and dataset.source == parquet
+    assert file_sha256(parquet) == hashlib.sha256(buffer.getvalue()).hexdigest()
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        list(iter_records(DatasetSpec(f"{root}/nowhere.txt")))
+
+
+def test_downloads_are_cached_through_the_file_layer(file_server):
+    folder, base_url = file_server
+    content = (",".join([*number_fields(beat(0)), "1"]) + "\n").encode()
+    (folder / "beats.csv").write_bytes(content)
+    cache = "ram://download-cache"
+    local = resolve_path(f"{base_url}/beats.csv", cache_dir=cache)
+    assert local == files.join(cache, download.cache_file_name(f"{base_url}/beats.csv"))
+    assert files.read_bytes(local) == content
+    assert files.list_directory(cache) == [files.basename(local)], "no temporary file is left behind"
+    (folder / "beats.csv").unlink()
+    assert resolve_path(f"{base_url}/beats.csv", cache_dir=cache) == local
+    assert load_dataset(DatasetSpec(f"{base_url}/beats.csv", cache_dir=cache)).source_classes.tolist() == ["normal"]

@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from models.common import files
 from models.images import io as images
+from models.images import noise, quality, sets
 
 
 def _rng(seed=0):
@@ -20,31 +22,31 @@ def _rng(seed=0):
 
 
 def test_noise_spec_parses_kinds_defaults_and_refuses_nonsense():
-    assert images.NoiseSpec.parse("gaussian:0.6") == images.NoiseSpec("gaussian", 0.6)
-    assert images.NoiseSpec.parse("speckle") == images.NoiseSpec("speckle", images.DEFAULT_NOISE_AMOUNTS["speckle"])
-    assert images.NoiseSpec.parse("Salt-and-Pepper:0.1") == images.NoiseSpec("salt_and_pepper", 0.1)
-    assert images.NoiseSpec.parse("none").is_none and images.NoiseSpec("gaussian", 0.0).is_none
-    assert str(images.NoiseSpec.parse("gaussian:0.20")) == "gaussian:0.2"
+    assert noise.NoiseSpec.parse("gaussian:0.6") == noise.NoiseSpec("gaussian", 0.6)
+    assert noise.NoiseSpec.parse("speckle") == noise.NoiseSpec("speckle", noise.DEFAULT_NOISE_AMOUNTS["speckle"])
+    assert noise.NoiseSpec.parse("Salt-and-Pepper:0.1") == noise.NoiseSpec("salt_and_pepper", 0.1)
+    assert noise.NoiseSpec.parse("none").is_none and noise.NoiseSpec("gaussian", 0.0).is_none
+    assert str(noise.NoiseSpec.parse("gaussian:0.20")) == "gaussian:0.2"
     for text, message in (("blur:1", "unknown noise"), ("gaussian:x", "not a number"),
                           ("gaussian:-1", ">= 0"), ("salt_and_pepper:2", "fraction")):
         with pytest.raises(ValueError, match=message):
-            images.NoiseSpec.parse(text)
+            noise.NoiseSpec.parse(text)
 
 
 def test_gaussian_noise_has_the_noise_factor_as_standard_deviation_and_is_clipped():
     clean = np.full((200, 32, 32, 1), 0.5, np.float32)
-    noisy = images.gaussian_noise(clean, 0.2, _rng())
+    noisy = noise.gaussian_noise(clean, 0.2, _rng())
     assert noisy.dtype == np.float32 and noisy.shape == clean.shape
     assert abs(float(np.std(noisy - clean)) - 0.2) < 0.01 and abs(float(np.mean(noisy)) - 0.5) < 0.01
-    strong = images.gaussian_noise(clean, 0.6, _rng())
+    strong = noise.gaussian_noise(clean, 0.6, _rng())
     assert strong.min() == 0.0 and strong.max() == 1.0
-    np.testing.assert_array_equal(images.gaussian_noise(clean, 0.2, _rng(3)), images.gaussian_noise(clean, 0.2, _rng(3)))
+    np.testing.assert_array_equal(noise.gaussian_noise(clean, 0.2, _rng(3)), noise.gaussian_noise(clean, 0.2, _rng(3)))
 
 
 def test_speckle_noise_is_multiplicative():
     clean = np.zeros((4, 16, 16, 1), np.float32)
     clean[:, :8] = 0.5
-    noisy = images.speckle_noise(clean, 0.3, _rng())
+    noisy = noise.speckle_noise(clean, 0.3, _rng())
     np.testing.assert_array_equal(noisy[:, 8:], 0.0)
     assert abs(float(np.std(noisy[:, :8] - 0.5)) - 0.15) < 0.01
     assert 0.0 <= noisy.min() and noisy.max() <= 1.0
@@ -52,7 +54,7 @@ def test_speckle_noise_is_multiplicative():
 
 def test_salt_and_pepper_hits_the_asked_fraction_of_pixels_in_every_channel():
     clean = np.full((50, 20, 20, 3), 0.5, np.float32)
-    noisy = images.salt_and_pepper_noise(clean, 0.1, _rng())
+    noisy = noise.salt_and_pepper_noise(clean, 0.1, _rng())
     changed = np.any(noisy != 0.5, axis=-1)
     assert abs(float(changed.mean()) - 0.1) < 0.01
     values = noisy[changed]
@@ -63,11 +65,11 @@ def test_salt_and_pepper_hits_the_asked_fraction_of_pixels_in_every_channel():
 
 def test_add_noise_dispatches_and_none_returns_an_unchanged_copy():
     clean = _rng().random((2, 8, 8, 1)).astype(np.float32)
-    unchanged = images.add_noise(clean, images.NoiseSpec("none", 0.0), _rng())
+    unchanged = noise.add_noise(clean, noise.NoiseSpec("none", 0.0), _rng())
     np.testing.assert_array_equal(unchanged, clean)
     assert unchanged is not clean
-    np.testing.assert_array_equal(images.add_noise(clean, images.NoiseSpec("speckle", 0.2), _rng(1)),
-                                  images.speckle_noise(clean, 0.2, _rng(1)))
+    np.testing.assert_array_equal(noise.add_noise(clean, noise.NoiseSpec("speckle", 0.2), _rng(1)),
+                                  noise.speckle_noise(clean, 0.2, _rng(1)))
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -75,10 +77,10 @@ def test_add_noise_dispatches_and_none_returns_an_unchanged_copy():
 
 def test_psnr_known_values():
     clean = np.full((1, 8, 8, 1), 0.5)
-    assert images.psnr(clean, clean + 0.1)[0] == pytest.approx(20.0)
-    assert images.psnr(clean, clean + 0.01)[0] == pytest.approx(40.0)
-    assert images.psnr(clean[0], clean[0]) == np.inf
-    assert images.psnr(clean * 255, clean * 255 + 25.5, data_range=255.0)[0] == pytest.approx(20.0)
+    assert quality.psnr(clean, clean + 0.1)[0] == pytest.approx(20.0)
+    assert quality.psnr(clean, clean + 0.01)[0] == pytest.approx(40.0)
+    assert quality.psnr(clean[0], clean[0]) == np.inf
+    assert quality.psnr(clean * 255, clean * 255 + 25.5, data_range=255.0)[0] == pytest.approx(20.0)
 
 
 def test_psnr_and_ssim_match_tensorflow_on_random_grayscale_and_rgb_images():
@@ -86,30 +88,30 @@ def test_psnr_and_ssim_match_tensorflow_on_random_grayscale_and_rgb_images():
     for shape in ((3, 28, 28, 1), (2, 40, 33, 3)):
         clean = rng.random(shape).astype(np.float32)
         noisy = np.clip(clean + 0.15 * rng.standard_normal(shape), 0, 1).astype(np.float32)
-        np.testing.assert_allclose(images.psnr(clean, noisy), tf.image.psnr(clean, noisy, 1.0).numpy(), rtol=1e-5)
-        np.testing.assert_allclose(images.ssim(clean, noisy), tf.image.ssim(clean, noisy, 1.0).numpy(), atol=1e-5)
+        np.testing.assert_allclose(quality.psnr(clean, noisy), tf.image.psnr(clean, noisy, 1.0).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(quality.ssim(clean, noisy), tf.image.ssim(clean, noisy, 1.0).numpy(), atol=1e-5)
 
 
 def test_ssim_known_values():
     image = _rng().random((16, 16, 1))
-    assert images.ssim(image, image) == pytest.approx(1.0)
+    assert quality.ssim(image, image) == pytest.approx(1.0)
     first, second = np.full((16, 16, 1), 0.2), np.full((16, 16, 1), 0.6)
     c1 = (0.01 * 1.0) ** 2
     expected = (2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1)  # no variance: luminance term only
-    assert images.ssim(first, second) == pytest.approx(expected)
-    assert images.ssim(image, 1.0 - image) < 0.0, "an inverted image is anti-correlated"
+    assert quality.ssim(first, second) == pytest.approx(expected)
+    assert quality.ssim(image, 1.0 - image) < 0.0, "an inverted image is anti-correlated"
 
 
 def test_ssim_shrinks_the_window_for_images_smaller_than_it():
     small = _rng().random((5, 7, 1))
-    value = images.ssim(small, np.clip(small + 0.1, 0, 1))
-    assert 0.0 < value < 1.0 and images.ssim(small, small) == pytest.approx(1.0)
+    value = quality.ssim(small, np.clip(small + 0.1, 0, 1))
+    assert 0.0 < value < 1.0 and quality.ssim(small, small) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differ in shape"):
-        images.ssim(small, small[:4])
+        quality.ssim(small, small[:4])
 
 
 def test_gaussian_window_is_normalised_and_symmetric():
-    window = images.gaussian_window(11, 1.5)
+    window = quality.gaussian_window(11, 1.5)
     assert window.sum() == pytest.approx(1.0) and np.allclose(window, window[::-1]) and window.argmax() == 5
 
 
@@ -158,7 +160,7 @@ def _png_bytes(array, mode=None):
 
 
 def test_png_round_trip_is_exact_and_jpeg_close():
-    image = images.to_uint8(images.synthetic_images(1, 24, 3)[0]).astype(np.float32) / 255.0
+    image = images.to_uint8(sets.synthetic_images(1, 24, 3)[0]).astype(np.float32) / 255.0
     np.testing.assert_array_equal(images.decode_image(images.encode_image(image, "png")), image)
     gray = image[..., :1]
     assert images.decode_image(images.encode_image(gray, "png")).shape == (24, 24, 1)
@@ -231,35 +233,74 @@ def test_image_array_shapes_and_formats_are_checked(tmp_path):
     for shape in ((3, 8), (3, 8, 8, 2), (3, 0, 8)):
         with pytest.raises(ValueError):
             images.check_image_array_shape(shape, "x")
-    assert images.detect_image_set_format(str(tmp_path)) == "images"
-    assert images.detect_image_set_format("a.NPZ") == "npz" and images.detect_image_set_format("b.tfrecords") == "tfrecord"
+    assert sets.detect_image_set_format(str(tmp_path)) == "images"
+    assert sets.detect_image_set_format("a.NPZ") == "npz" and sets.detect_image_set_format("b.tfrecords") == "tfrecord"
     with pytest.raises(ValueError, match="cannot tell the format"):
-        images.detect_image_set_format("a.csv")
+        sets.detect_image_set_format("a.csv")
 
 
 def test_load_image_set_skips_unreadable_files_and_refuses_mixed_sizes(tmp_path):
     for index in range(3):
         (tmp_path / f"{index}.png").write_bytes(_png_bytes(np.full((5, 6), index * 100, np.uint8)))
     (tmp_path / "bad.png").write_bytes(b"nope")
-    loaded = images.load_image_set(str(tmp_path))
+    loaded = sets.load_image_set(str(tmp_path))
     assert loaded.shape == (3, 5, 6, 1) and loaded[2].max() == pytest.approx(200 / 255)
     (tmp_path / "big.png").write_bytes(_png_bytes(np.zeros((7, 7), np.uint8)))
     with pytest.raises(ValueError, match="differ in size"):
-        images.load_image_set(str(tmp_path))
+        sets.load_image_set(str(tmp_path))
+
+
+def test_image_sets_are_read_through_the_file_layer():
+    root = "ram://image-sets"
+    files.write_bytes(files.join(root, "pictures", "a.png"), _png_bytes(np.full((4, 5), 51, np.uint8)))
+    files.write_bytes(files.join(root, "pictures", "nested", "b.jpg"),
+                      images.encode_image(np.zeros((4, 5, 1), np.float32), "jpeg"))
+    files.write_text(files.join(root, "pictures", "notes.txt"), "not an image")
+    assert sets.list_image_files(files.join(root, "pictures")) == (["a.png", "nested/b.jpg"], ["notes.txt"])
+    assert sets.detect_image_set_format(files.join(root, "pictures")) == "images"
+    loaded = sets.load_image_set(files.join(root, "pictures"))
+    assert loaded.shape == (2, 4, 5, 1) and loaded[0].max() == pytest.approx(0.2)
+    with pytest.raises(FileNotFoundError, match="image directory not found"):
+        sets.list_image_files(files.join(root, "missing"))
+    buffer = io.BytesIO()
+    np.save(buffer, np.full((3, 4, 4), 255, np.uint8))
+    files.write_bytes(files.join(root, "rows.npy"), buffer.getvalue())
+    assert sets.load_image_set(files.join(root, "rows.npy")).shape == (3, 4, 4, 1)
+    record_path = files.join(root, "set.tfrecord")
+    with tf.io.TFRecordWriter(record_path) as writer:
+        writer.write(images.make_example("good", images.encode_image(np.ones((3, 3, 3), np.float32))))
+        writer.write(images.make_example("broken", b"not a png"))
+        writer.write(b"not an example")
+    from_records = sets.load_image_set(record_path)
+    assert from_records.shape == (1, 3, 3, 3) and (from_records == 1).all(), "bad records are skipped, not fatal"
+
+
+def test_npz_image_sets_and_a_local_fashion_mnist_archive(tmp_path):
+    path = tmp_path / "fashion.npz"
+    train = np.arange(4 * 28 * 28, dtype=np.uint32).reshape(4, 28, 28).astype(np.uint8)
+    np.savez(path, x_train=train, y_train=np.zeros(4), x_test=np.full((2, 28, 28), 255, np.uint8))
+    loaded_train, loaded_test = sets.fashion_mnist_images(str(path))
+    assert loaded_train.shape == (4, 28, 28, 1) and loaded_test.shape == (2, 28, 28, 1)
+    assert loaded_train.dtype == np.float32 and (loaded_test == 1.0).all()
+    np.testing.assert_allclose(loaded_train[..., 0], train / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(sets.load_image_set(str(path), array_key="x_test"), loaded_test)
+    np.savez(tmp_path / "other.npz", images=train)
+    with pytest.raises(ValueError, match="has no array 'x_train'"):
+        sets.fashion_mnist_images(str(tmp_path / "other.npz"))
 
 
 def test_offline_data_sources_and_split():
-    digits = images.digits_images()
+    digits = sets.digits_images()
     assert digits.shape == (1797, 28, 28, 1) and digits.min() >= 0 and digits.max() <= 1
     assert digits[:, :2].max() == 0, "digits are centred with a border, like MNIST"
-    generated = images.synthetic_images(5, 12, 3, seed=1)
+    generated = sets.synthetic_images(5, 12, 3, seed=1)
     assert generated.shape == (5, 12, 12, 3) and generated.std() > 0.05
-    np.testing.assert_array_equal(generated, images.synthetic_images(5, 12, 3, seed=1))
-    train, validation, test = images.split_indices(100, (0.1, 0.2), seed=0)
+    np.testing.assert_array_equal(generated, sets.synthetic_images(5, 12, 3, seed=1))
+    train, validation, test = sets.split_indices(100, (0.1, 0.2), seed=0)
     assert (len(train), len(validation), len(test)) == (70, 10, 20)
     assert sorted(np.concatenate([train, validation, test]).tolist()) == list(range(100))
     with pytest.raises(ValueError, match="too few"):
-        images.split_indices(2, (0.4, 0.4), seed=0)
+        sets.split_indices(2, (0.4, 0.4), seed=0)
 
 
 def test_npz_member_defaults(tmp_path):

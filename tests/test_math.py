@@ -76,6 +76,38 @@ def test_average_precision_known_value():
     assert metrics.average_precision([1, 0, 1], [0.9, 0.8, 0.7]) == pytest.approx(0.5 + 1 / 3)
 
 
+def test_curves_and_confusion_matrix_known_values():
+    labels, scores = [0, 1, 1, 0], [0.1, 0.9, 0.5, 0.5]
+    # Descending thresholds inf, 0.9, 0.5, 0.1 flag 0, 1, 3 and 4 beats: TP 0, 1, 2, 2 and FP 0, 0, 1, 2.
+    false_positive_rate, true_positive_rate, thresholds = metrics.roc_curve(labels, scores)
+    np.testing.assert_allclose(false_positive_rate, [0.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(true_positive_rate, [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(thresholds, [np.inf, 0.9, 0.5, 0.1])
+    precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
+    np.testing.assert_allclose(precision, [1.0, 1.0, 2 / 3, 0.5])
+    np.testing.assert_allclose(recall, [0.0, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(thresholds, [np.inf, 0.9, 0.5, 0.1])
+    assert metrics.roc_auc(labels, scores) == pytest.approx(0.875)  # 3.5 of 4 pairs, the tie counting 1/2
+    assert metrics.confusion_matrix(labels, [True, False, True, True]) == {
+        "true_positive": 1, "false_positive": 2, "true_negative": 0, "false_negative": 1}
+    assert metrics.confusion_matrix([1, 1], [True, True]) == {
+        "true_positive": 2, "false_positive": 0, "true_negative": 0, "false_negative": 0}
+
+
+def test_metrics_refuse_inputs_they_cannot_score():
+    for function in (metrics.roc_auc, metrics.roc_curve):
+        with pytest.raises(ValueError, match="both normal and anomalous"):
+            function([0, 0], [0.1, 0.2])
+    for function in (metrics.average_precision, metrics.precision_recall_curve):
+        with pytest.raises(ValueError, match="at least one anomalous"):
+            function([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="0 \\(normal\\) or 1"):
+        metrics.roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.confusion_matrix([0, 1], [True])
+    assert metrics.classification_metrics([0, 0], [0.1, 0.9], 0.5)["roc_auc"] is None
+
+
 def test_classification_metrics_counts_anomaly_as_positive():
     labels = np.array([0, 0, 0, 1, 1])
     errors = np.array([0.1, 0.2, 0.6, 0.7, 0.4])

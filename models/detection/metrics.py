@@ -1,18 +1,22 @@
-"""Detection metrics with anomaly as the positive class (pure numpy).
+"""Detection metrics with anomaly as the positive class, computed by scikit-learn.
 
 The TensorFlow autoencoder tutorial reports precision and recall with *normal* as the positive
 class; heartwatch counts the anomaly as positive throughout, which is what an alerting system cares
-about (recall = share of abnormal beats caught).
+about (recall = share of abnormal beats caught). Every function takes ``is_anomaly`` labels (0 or 1,
+``models.ecg.NORMAL``/``ANOMALY``) and higher-is-more-anomalous scores, and hands scikit-learn the
+boolean "is an anomaly" as its positive class.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as sklearn_metrics
 
 from models.ecg import ANOMALY, NORMAL
 
 
 def _labels_and_scores(is_anomaly, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Flat labels and float scores, refused unless equally long and every label is 0 or 1."""
     labels = np.asarray(is_anomaly).ravel()
     values = np.asarray(scores, dtype=np.float64).ravel()
     if labels.shape != values.shape:
@@ -22,87 +26,63 @@ def _labels_and_scores(is_anomaly, scores) -> tuple[np.ndarray, np.ndarray]:
     return labels, values
 
 
+def _positives_and_scores(is_anomaly, scores, needs: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean anomaly flags and scores; ``needs`` is ``both`` classes or an ``anomaly``, else ``ValueError``."""
+    labels, values = _labels_and_scores(is_anomaly, scores)
+    positive = labels == ANOMALY
+    if needs == "both" and (positive.all() or not positive.any()):
+        raise ValueError(f"{what} needs both normal and anomalous beats")
+    if needs == "anomaly" and not positive.any():
+        raise ValueError(f"{what} needs at least one anomalous beat")
+    return positive, values
+
+
 def confusion_matrix(is_anomaly, predicted_anomaly) -> dict:
     """Counts ``true_positive``, ``false_positive``, ``true_negative``, ``false_negative``."""
     labels, predicted = _labels_and_scores(is_anomaly, predicted_anomaly)
-    predicted = predicted.astype(bool)
-    actual = labels == ANOMALY
-    return {
-        "true_positive": int(np.sum(actual & predicted)),
-        "false_positive": int(np.sum(~actual & predicted)),
-        "true_negative": int(np.sum(~actual & ~predicted)),
-        "false_negative": int(np.sum(actual & ~predicted)),
-    }
+    counts = sklearn_metrics.confusion_matrix(labels == ANOMALY, predicted.astype(bool), labels=[False, True])
+    true_negative, false_positive, false_negative, true_positive = (int(count) for count in counts.ravel())
+    return {"true_positive": true_positive, "false_positive": false_positive, "true_negative": true_negative,
+            "false_negative": false_negative}
 
 
 def _safe_ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, or 0 when the denominator is 0."""
     return float(numerator) / float(denominator) if denominator else 0.0
 
 
 def roc_auc(is_anomaly, scores) -> float:
     """Area under the ROC curve: the probability that an anomaly outscores a normal beat (ties 1/2)."""
-    labels, values = _labels_and_scores(is_anomaly, scores)
-    positives = values[labels == ANOMALY]
-    negatives = values[labels == NORMAL]
-    if positives.size == 0 or negatives.size == 0:
-        raise ValueError("ROC-AUC needs both normal and anomalous beats")
-    ranks = _average_ranks(values)
-    positive_rank_sum = ranks[labels == ANOMALY].sum()
-    return float((positive_rank_sum - positives.size * (positives.size + 1) / 2.0)
-                 / (positives.size * negatives.size))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    ranks = np.empty(values.size, dtype=np.float64)
-    boundaries = np.flatnonzero(np.diff(sorted_values) != 0) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [values.size]))
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = 0.5 * (start + 1 + end)
-    return ranks
+    positive, values = _positives_and_scores(is_anomaly, scores, "both", "ROC-AUC")
+    return float(sklearn_metrics.roc_auc_score(positive, values))
 
 
 def roc_curve(is_anomaly, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rates, true-positive rates and thresholds (descending), for plotting."""
-    labels, values = _labels_and_scores(is_anomaly, scores)
-    thresholds, true_positives, false_positives = _cumulative_counts(labels, values)
-    positives = max(int((labels == ANOMALY).sum()), 1)
-    negatives = max(int((labels == NORMAL).sum()), 1)
-    return (np.concatenate(([0.0], false_positives / negatives)),
-            np.concatenate(([0.0], true_positives / positives)),
-            np.concatenate(([np.inf], thresholds)))
+    """False-positive rates, true-positive rates and thresholds (descending, ``inf`` first), for plotting.
+
+    Every distinct score is a threshold (no intermediate point is dropped); the curve starts at (0, 0).
+    """
+    positive, values = _positives_and_scores(is_anomaly, scores, "both", "a ROC curve")
+    false_positive_rate, true_positive_rate, thresholds = sklearn_metrics.roc_curve(
+        positive, values, drop_intermediate=False)
+    return false_positive_rate, true_positive_rate, thresholds
 
 
 def precision_recall_curve(is_anomaly, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precisions, recalls and thresholds (descending), for plotting and average precision."""
-    labels, values = _labels_and_scores(is_anomaly, scores)
-    thresholds, true_positives, false_positives = _cumulative_counts(labels, values)
-    positives = max(int((labels == ANOMALY).sum()), 1)
-    precision = true_positives / np.maximum(true_positives + false_positives, 1)
-    recall = true_positives / positives
-    return np.concatenate(([1.0], precision)), np.concatenate(([0.0], recall)), np.concatenate(([np.inf], thresholds))
+    """Precisions, recalls and thresholds (descending, ``inf`` first), for plotting and average precision.
 
-
-def _cumulative_counts(labels: np.ndarray, values: np.ndarray):
-    order = np.argsort(-values, kind="mergesort")
-    sorted_values = values[order]
-    sorted_positive = (labels[order] == ANOMALY).astype(np.float64)
-    last_of_each_value = np.concatenate((np.flatnonzero(np.diff(sorted_values) != 0), [values.size - 1]))
-    true_positives = np.cumsum(sorted_positive)[last_of_each_value]
-    false_positives = (last_of_each_value + 1) - true_positives
-    return sorted_values[last_of_each_value], true_positives, false_positives
+    The curve starts at precision 1, recall 0 for the ``inf`` threshold; then each distinct score in
+    descending order flags the beats scoring at least that much.
+    """
+    positive, values = _positives_and_scores(is_anomaly, scores, "anomaly", "a precision-recall curve")
+    precision, recall, thresholds = sklearn_metrics.precision_recall_curve(positive, values)
+    return precision[::-1], recall[::-1], np.concatenate(([np.inf], thresholds[::-1]))
 
 
 def average_precision(is_anomaly, scores) -> float:
     """PR-AUC as average precision: sum over thresholds of precision times the recall gained."""
-    labels, _ = _labels_and_scores(is_anomaly, scores)
-    if not (labels == ANOMALY).any():
-        raise ValueError("PR-AUC needs at least one anomalous beat")
-    precision, recall, _ = precision_recall_curve(is_anomaly, scores)
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    positive, values = _positives_and_scores(is_anomaly, scores, "anomaly", "PR-AUC")
+    return float(sklearn_metrics.average_precision_score(positive, values))
 
 
 def classification_metrics(is_anomaly, scores, threshold_value: float) -> dict:
