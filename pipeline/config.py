@@ -1,65 +1,271 @@
-"""Job flags as frozen dataclasses: one definition for the CLI, config files and code.
+"""Flags of the pipeline jobs (`train`, `score`, `denoise train`, `denoise run`) as frozen dataclasses.
 
-``parse_job_args(DataclassType, argv)`` builds an argparse parser from the dataclass fields (flag
-``--field_name``), reads an optional ``--config FILE.json`` whose keys are the same field names, lets
-command-line flags override it, validates once by constructing the dataclass, and returns the
-remaining arguments for Beam's ``PipelineOptions`` (``--runner`` and friends).
+One definition for the command line, ``--config`` JSON files and code (``models.common.flags``
+parses them). This module imports only the standard library, so ``heartwatch SUB --help`` and flag
+errors answer before TensorFlow loads:
+
+- ``__post_init__`` checks what needs no heavy import: names against the constants below, ranges,
+  and the split and threshold settings (``pipeline.splits`` and ``models.detection.thresholds``
+  need numpy only, imported when a config is built);
+- ``deep_checks()`` builds what needs pandas or Keras: the dataset spec (``models.ecg.sources``),
+  the candidate presets (``models.training.fit``) and the denoiser settings
+  (``models.family.denoisers``). ``parse_flags``/``parse_beam_flags`` run it inside each job's
+  ``run()``, before any work; the CLI's fast check skips it.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import types
-import typing
+
+from models.common.flags import field
+
+# Names shown in --help and checked at parse time without importing their owners (which load pandas,
+# TensorFlow or Keras). tests/test_flags.py checks that each one equals its owner's.
+DATASET_FORMATS = ("auto", "ecg_csv", "ucr", "csv", "parquet", "synthetic")  # models.ecg.sources.FORMATS
+THRESHOLD_METHODS = ("mean_std", "percentile", "max_f1")  # models.detection.thresholds.METHODS
+CANDIDATE_PRESETS = ("conv1d", "dense", "tutorial")  # models.training.fit.CANDIDATES
+NORMALIZATIONS = ("minmax", "zscore")  # pipeline.transform.NORMALIZATIONS
+IMAGE_SET_FORMATS = ("auto", "images", "npy", "npz", "tfrecord")  # models.images.io.IMAGE_SET_FORMATS
+DENOISER_MODELS = ("denoise_tutorial", "dncnn")  # models.family.denoisers.MODELS
+DEFAULT_DENOISER = "dncnn"  # models.family.denoisers.DEFAULT_MODEL
+VERBOSITIES = (0, 1, 2)
 
 
-def _field_parser(field_type):
-    arguments = [argument for argument in typing.get_args(field_type) if argument is not type(None)]
-    if typing.get_origin(field_type) in (typing.Union, types.UnionType) and len(arguments) == 1:
-        field_type = arguments[0]
-    if field_type in (bool, "bool"):
-        return lambda text: {"true": True, "1": True, "yes": True, "false": False, "0": False,
-                             "no": False}[text.lower()]
-    if field_type in (int, "int"):
-        return int
-    if field_type in (float, "float"):
-        return float
-    if "tuple" in str(field_type):
-        return lambda text: tuple(part.strip() for part in text.split(",") if part.strip())
-    return str
+def _check_text(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"--{name} must be a non-empty string, got {value!r}")
 
 
-def build_parser(config_class, description: str = "", prog: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one ``--name`` flag per dataclass field plus ``--config``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or config_class.__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", help="JSON file whose keys are these flag names (flags override it)")
-    hints = typing.get_type_hints(config_class)
-    for field in dataclasses.fields(config_class):
-        default = field.default if field.default is not dataclasses.MISSING else None
-        help_text = field.metadata.get("help", "")
-        parser.add_argument(f"--{field.name}", type=_field_parser(hints[field.name]), default=None,
-                            help=f"{help_text} (default: {default!r})")
-    return parser
+def _check_choice(config, name: str, choices, noun: str | None = None) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"--{name}: unknown {noun or name} {value!r}; choose one of "
+                         f"{', '.join(str(choice) for choice in choices)}")
 
 
-def parse_job_args(config_class, argv=None, prog: str | None = None, description: str = ""):
-    """Returns ``(config, remaining_argv)``; invalid values raise ``ValueError`` before any work."""
-    parser = build_parser(config_class, description=description, prog=prog)
-    known, remaining = parser.parse_known_args(argv)
-    values = {}
-    if known.config:
-        with open(known.config) as handle:
-            values = json.load(handle)
-        names = {field.name for field in dataclasses.fields(config_class)}
-        unknown = sorted(set(values) - names)
+def _check_positive(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ValueError(f"--{name} must be positive, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFlags:
+    """The input flags shared by `heartwatch train` and `heartwatch score`."""
+
+    data: str = field("input: a file path or URL (ecg.csv, UCR .txt/.tsv/.arff, CSV, Parquet), 'tf-ecg' for "
+                      "TensorFlow's ecg.csv (downloaded and cached), or 'synthetic[:beats=N,...]' for generated beats",
+                      default="synthetic")
+    format: str = field(f"one of {', '.join(DATASET_FORMATS)}", default="auto")
+    label_column: str | None = field("CSV/Parquet label column", default=None, default_text="none")
+    feature_columns: tuple[str, ...] | None = field("comma-separated CSV/Parquet sample columns", default=None,
+                                                    default_text="all but the label")
+    normal_label: str = field("label value meaning normal (CSV/Parquet)", default="1")
+
+    def __post_init__(self):
+        """Checks the input flags that need no file and no pandas."""
+        _check_text(self, "data", "normal_label")
+        _check_choice(self, "format", DATASET_FORMATS)
+
+    def dataset_spec(self):
+        """The ``models.ecg.sources.DatasetSpec`` shared with scoring and replay (imports pandas)."""
+        from models.ecg import sources
+
+        return sources.DatasetSpec(path=self.data, format=self.format, label_column=self.label_column,
+                                   feature_columns=self.feature_columns, normal_label=self.normal_label)
+
+    def deep_checks(self) -> None:
+        """Builds the dataset spec (columns, synthetic options); the job runs this before any work."""
+        self.dataset_spec()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(DatasetFlags):
+    """Flags of `heartwatch train` (same names in --config JSON files and in code)."""
+
+    output_dir: str = field("model root; versions go below", default="artifacts/ecg")
+    seed: int = field("seed of the split and of training", default=0)
+    test_fraction: float = field("share of every class held out for test", default=0.2)
+    validation_fraction: float = field("share of every class for validation (early stopping, calibration, "
+                                       "selection)", default=0.2)
+    normalization: str = field(f"{' or '.join(NORMALIZATIONS)} (TFT)", default="minmax")
+    candidates: tuple[str, ...] = field(f"comma-separated presets among {', '.join(CANDIDATE_PRESETS)}",
+                                        default=("dense", "conv1d"))
+    epochs: int | None = field("override every candidate's epochs", default=None,
+                               default_text="each candidate's own")
+    threshold_method: str = field(f"one of {', '.join(THRESHOLD_METHODS)}", default="max_f1")
+    threshold_k: float = field("k of mean_std", default=1.0)
+    target_false_positive_rate: float = field("for percentile", default=0.01)
+    verbose: int = field("Keras progress: 0 silent, 1 bar, 2 a line/epoch", default=2)
+    report: bool = field("write the PNG/HTML report", default=True)
+
+    def __post_init__(self):
+        """Checks every flag that needs no pandas and no Keras (see ``deep_checks``)."""
+        super().__post_init__()
+        _check_text(self, "output_dir")
+        _check_choice(self, "normalization", NORMALIZATIONS)
+        _check_choice(self, "verbose", VERBOSITIES)
+        _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")
+        _check_positive(self, "epochs")
+        if not self.candidates:
+            raise ValueError("--candidates: at least one candidate is needed (--candidates dense,conv1d)")
+        unknown = [name for name in self.candidates if name not in CANDIDATE_PRESETS]
         if unknown:
-            raise ValueError(f"{known.config}: unknown keys {unknown}; known: {sorted(names)}")
-    values.update({key: value for key, value in vars(known).items() if key != "config" and value is not None})
-    hints = typing.get_type_hints(config_class)
-    for key, value in list(values.items()):
-        if isinstance(value, list) and "tuple" in str(hints[key]):
-            values[key] = tuple(value)
-    return config_class(**values), remaining
+            raise ValueError(f"--candidates: unknown candidate {unknown[0]!r}; presets: {', '.join(CANDIDATE_PRESETS)}")
+        self.split_config()
+        self.threshold_config()
+
+    def split_config(self):
+        """The ``pipeline.splits.SplitConfig`` of the split settings."""
+        from pipeline import splits
+
+        return splits.SplitConfig(self.seed, self.test_fraction, self.validation_fraction)
+
+    def threshold_config(self):
+        """The ``models.detection.thresholds.ThresholdConfig`` of the calibration settings."""
+        from models.detection import thresholds
+
+        return thresholds.ThresholdConfig(method=self.threshold_method, k=self.threshold_k,
+                                          target_false_positive_rate=self.target_false_positive_rate)
+
+    def candidate_configs(self) -> list:
+        """The ``CandidateConfig`` presets, with ``epochs`` applied (imports Keras)."""
+        from models.training.fit import candidate
+
+        chosen = [candidate(name) for name in self.candidates]
+        if self.epochs is not None:
+            chosen = [dataclasses.replace(item, epochs=self.epochs) for item in chosen]
+        return chosen
+
+    def deep_checks(self) -> None:
+        """Builds the dataset spec and the candidates (pandas, Keras); the job runs this before any work."""
+        super().deep_checks()
+        self.candidate_configs()
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreConfig(DatasetFlags):
+    """Flags of `heartwatch score`."""
+
+    model: str = field("a detector version directory, or a model root (the newest version is used)",
+                       default="artifacts/ecg")
+    out: str = field("output CSV path", default="scores.csv")
+    batch_size: int = field("largest batch per detector call", default=1024)
+
+    def __post_init__(self):
+        """Checks the flags (the dataset spec itself is built by ``deep_checks``)."""
+        super().__post_init__()
+        _check_text(self, "model", "out")
+        _check_positive(self, "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseTrainConfig:
+    """Flags of `heartwatch denoise train`."""
+
+    data: str = field("fashion_mnist (Keras loader, cached), digits (offline), synthetic[:count=N,size=S,channels=C], "
+                      "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file", default="fashion_mnist")
+    format: str = field(f"for paths: {', '.join(IMAGE_SET_FORMATS)}", default="auto")
+    array_key: str | None = field(".npz array name", default=None, default_text="images, x")
+    model: str = field(f"one of {', '.join(DENOISER_MODELS)}", default=DEFAULT_DENOISER)
+    model_parameters: str = field('JSON config overrides, e.g. {"depth": 9, "filters": 48}', default="{}")
+    noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
+                       "salt_and_pepper", default="gaussian:0.2")
+    epochs: int = field("most epochs", default=10)
+    batch_size: int = field("images per step", default=128)
+    learning_rate: float = field("Adam learning rate", default=1e-3)
+    loss: str = field("mse or mae", default="mse")
+    early_stopping_patience: int = field("epochs without val_loss gain; 0 off", default=3)
+    validation_fraction: float = field("share for validation", default=0.1)
+    test_fraction: float = field("share held out for the model card metrics (Fashion-MNIST uses its test set)",
+                                 default=0.1)
+    max_images: int | None = field("use at most this many images", default=None, default_text="all")
+    seed: int = field("seed of the split, the noise and the weights", default=0)
+    output_dir: str = field("model root; versions below", default="artifacts/denoise")
+    verbose: int = field("Keras progress: 0 silent, 1 bar, 2 a line/epoch", default=2)
+
+    def __post_init__(self):
+        """Checks every flag that needs no Keras (the fit settings are checked by ``deep_checks``)."""
+        _check_text(self, "data", "output_dir")
+        _check_choice(self, "format", IMAGE_SET_FORMATS)
+        _check_choice(self, "model", DENOISER_MODELS, noun="denoiser")
+        self.parameters()
+        if not (0 < self.validation_fraction and 0 <= self.test_fraction
+                and self.validation_fraction + self.test_fraction < 1):
+            raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
+                             f"{self.validation_fraction} and {self.test_fraction}")
+        if self.max_images is not None and self.max_images < 3:
+            raise ValueError(f"--max_images must be >= 3 (train, validation, test), got {self.max_images}")
+        _check_choice(self, "verbose", VERBOSITIES)
+
+    def parameters(self) -> dict:
+        """The parsed ``model_parameters`` JSON."""
+        try:
+            parameters = json.loads(self.model_parameters or "{}")
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--model_parameters is not JSON: {error}") from None
+        if not isinstance(parameters, dict):
+            raise ValueError(f"--model_parameters must be a JSON object, got {self.model_parameters!r}")
+        return parameters
+
+    def training_config(self):
+        """The ``models.family.denoisers.DenoiserTrainingConfig`` of the model and fit settings (imports Keras)."""
+        from models.family.denoisers import DenoiserTrainingConfig
+
+        return DenoiserTrainingConfig(model=self.model, parameters=self.parameters(), noise=self.noise,
+                                      epochs=self.epochs, batch_size=self.batch_size,
+                                      learning_rate=self.learning_rate, loss=self.loss,
+                                      early_stopping_patience=self.early_stopping_patience)
+
+    def deep_checks(self) -> None:
+        """Checks the noise and fit settings (Keras); the job runs this before any work."""
+        self.training_config()
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiseRunConfig:
+    """Flags of `heartwatch denoise run`."""
+
+    input: str | None = field("image set: a directory of PNG/JPEG, a .npy/.npz array, or a .tfrecord file (or glob)",
+                              default=None, default_text="required")
+    format: str = field(f"one of {', '.join(IMAGE_SET_FORMATS)}", default="auto")
+    array_key: str | None = field(".npz array name", default=None, default_text="images, x")
+    model: str = field("a denoiser version directory, or a model root (the newest version is used)",
+                       default="artifacts/denoise")
+    out: str = field("output directory", default="denoised_output")
+    noise: str = field("add noise before denoising (evaluation): none, gaussian[:0.2], speckle[:0.2], "
+                       "salt_and_pepper[:0.05]", default="none")
+    seed: int = field("noise seed (noise depends on seed and image key)", default=0)
+    reference: str | None = field("clean references for noisy inputs: same form, same relative paths or rows",
+                                  default=None)
+    reference_key: str | None = field(".npz array name of the reference", default=None)
+    batch_size: int = field("images per model call", default=256)
+    chunk_size: int = field("array rows per read task", default=1000)
+    convert_color: bool = field("convert grayscale <-> RGB to the model's channels instead of refusing such images",
+                                default=False)
+    grid_images: int = field("images in comparison.png (0: none)", default=8)
+
+    def __post_init__(self):
+        """Checks every flag (the noise is parsed by ``models.images.io``, which needs numpy only)."""
+        if not self.input:
+            raise ValueError("--input is required: a directory of images, a .npy/.npz array or a .tfrecord file")
+        noise = self.noise_spec()
+        if self.reference and not noise.is_none:
+            raise ValueError("--reference and --noise both define the clean images; give one of them")
+        if self.format not in IMAGE_SET_FORMATS:
+            raise ValueError(f"--format: unknown format {self.format!r}; choose one of {', '.join(IMAGE_SET_FORMATS)}")
+        if self.batch_size < 1 or self.chunk_size < 1 or self.grid_images < 0:
+            raise ValueError("--batch_size and --chunk_size must be positive and --grid_images >= 0")
+
+    def noise_spec(self):
+        """The parsed ``models.images.io.NoiseSpec`` to add (``none`` adds nothing)."""
+        from models.images import io as image_tools
+
+        try:
+            return image_tools.NoiseSpec.parse(self.noise)
+        except ValueError as error:
+            raise ValueError(f"--noise: {error}") from None

@@ -50,7 +50,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from models.images import io as image_tools
-from pipeline.config import parse_job_args
+from models.common.flags import parse_beam_flags
+from pipeline.config import DenoiseRunConfig
 from pipeline.train import pipeline_options
 
 LOGGER = logging.getLogger(__name__)
@@ -64,45 +65,6 @@ METRICS_FILE = "metrics.csv"
 ERRORS_FILE = "errors.jsonl"
 GRID_FILE = "comparison.png"
 SHARD_SUFFIX = "-shards"
-
-
-@dataclasses.dataclass(frozen=True)
-class DenoiseRunConfig:
-    """Flags of `heartwatch denoise run`."""
-
-    input: str | None = dataclasses.field(default=None, metadata={
-        "help": "image set: a directory of PNG/JPEG, a .npy/.npz array, or a .tfrecord file (or glob)"})
-    format: str = dataclasses.field(default="auto", metadata={"help": f"one of {image_tools.IMAGE_SET_FORMATS}"})
-    array_key: str | None = dataclasses.field(default=None, metadata={"help": ".npz array name (default: images, x)"})
-    model: str = dataclasses.field(default="artifacts/denoise", metadata={
-        "help": "a denoiser version directory, or a model root (the newest version is used)"})
-    out: str = dataclasses.field(default="denoised_output", metadata={"help": "output directory"})
-    noise: str = dataclasses.field(default="none", metadata={
-        "help": "add noise before denoising (evaluation): none, gaussian[:0.2], speckle[:0.2], salt_and_pepper[:0.05]"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "noise seed (noise depends on seed and image key)"})
-    reference: str | None = dataclasses.field(default=None, metadata={
-        "help": "clean references for noisy inputs: same form, same relative paths or rows"})
-    reference_key: str | None = dataclasses.field(default=None, metadata={"help": ".npz array name of the reference"})
-    batch_size: int = dataclasses.field(default=256, metadata={"help": "images per model call"})
-    chunk_size: int = dataclasses.field(default=1000, metadata={"help": "array rows per read task"})
-    convert_color: bool = dataclasses.field(default=False, metadata={
-        "help": "convert grayscale <-> RGB to the model's channels instead of refusing such images"})
-    grid_images: int = dataclasses.field(default=8, metadata={"help": "images in comparison.png (0: none)"})
-
-    def __post_init__(self):
-        if not self.input:
-            raise ValueError("--input is required: a directory of images, a .npy/.npz array or a .tfrecord file")
-        noise = self.noise_spec()
-        if self.reference and not noise.is_none:
-            raise ValueError("--reference and --noise both define the clean images; give one of them")
-        if self.format not in image_tools.IMAGE_SET_FORMATS:
-            raise ValueError(f"unknown format {self.format!r}; choose one of {image_tools.IMAGE_SET_FORMATS}")
-        if self.batch_size < 1 or self.chunk_size < 1 or self.grid_images < 0:
-            raise ValueError("batch_size and chunk_size must be positive and grid_images >= 0")
-
-    def noise_spec(self) -> image_tools.NoiseSpec:
-        """The parsed noise to add (``none`` adds nothing)."""
-        return image_tools.NoiseSpec.parse(self.noise)
 
 
 def error_record(key: str, reason: str) -> dict:
@@ -597,7 +559,7 @@ def run_job(argv=None) -> DenoiseRunResult:
     """Runs `heartwatch denoise run` with command-line style ``argv``."""
     from pipeline.denoise_train import read_model_card, resolve_denoiser_directory
 
-    config, beam_args = parse_job_args(DenoiseRunConfig, argv, prog="heartwatch denoise run")
+    config, beam_args = parse_beam_flags(DenoiseRunConfig, argv, prog="heartwatch denoise run")
     model_directory = resolve_denoiser_directory(config.model)
     card = read_model_card(model_directory)
     channels = int(card["model"]["channels"])

@@ -24,8 +24,8 @@ import re
 import numpy as np
 
 from models.images import io as image_tools
-from models.family.denoisers import DEFAULT_MODEL, MODELS, DenoiserTrainingConfig
-from pipeline.config import parse_job_args
+from models.common.flags import parse_flags
+from pipeline.config import DenoiseTrainConfig
 
 LOGGER = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
@@ -35,62 +35,6 @@ GRID_FILE = "comparison.png"
 GRID_IMAGES = 8
 _VERSION_PATTERN = re.compile(r"^\d+$")
 _SYNTHETIC_FIELDS = {"count": int, "size": int, "channels": int}
-
-
-@dataclasses.dataclass(frozen=True)
-class DenoiseTrainConfig:
-    """Flags of `heartwatch denoise train`."""
-
-    data: str = dataclasses.field(default="fashion_mnist", metadata={"help": (
-        "fashion_mnist (Keras loader, cached), digits (offline), synthetic[:count=N,size=S,channels=C], "
-        "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file")})
-    format: str = dataclasses.field(default="auto", metadata={"help": f"for paths: {image_tools.IMAGE_SET_FORMATS}"})
-    array_key: str | None = dataclasses.field(default=None, metadata={"help": ".npz array name"})
-    model: str = dataclasses.field(default=DEFAULT_MODEL, metadata={"help": f"one of {sorted(MODELS)}"})
-    model_parameters: str = dataclasses.field(default="{}", metadata={
-        "help": 'JSON config overrides, e.g. {"depth": 9, "filters": 48}'})
-    noise: str = dataclasses.field(default="gaussian:0.2", metadata={
-        "help": "training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, salt_and_pepper"})
-    epochs: int = dataclasses.field(default=10, metadata={"help": "most epochs"})
-    batch_size: int = dataclasses.field(default=128, metadata={"help": "images per step"})
-    learning_rate: float = dataclasses.field(default=1e-3, metadata={"help": "Adam learning rate"})
-    loss: str = dataclasses.field(default="mse", metadata={"help": "mse or mae"})
-    early_stopping_patience: int = dataclasses.field(default=3, metadata={"help": "epochs without val_loss gain; 0 off"})
-    validation_fraction: float = dataclasses.field(default=0.1, metadata={"help": "share for validation"})
-    test_fraction: float = dataclasses.field(default=0.1, metadata={
-        "help": "share held out for the model card metrics (Fashion-MNIST uses its test set)"})
-    max_images: int | None = dataclasses.field(default=None, metadata={"help": "use at most this many images"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the split, the noise and the weights"})
-    output_dir: str = dataclasses.field(default="artifacts/denoise", metadata={"help": "model root; versions below"})
-    verbose: int = dataclasses.field(default=2, metadata={"help": "Keras progress: 0 silent, 1 bar, 2 a line/epoch"})
-
-    def __post_init__(self):
-        self.training_config()
-        if not (0 < self.validation_fraction and 0 <= self.test_fraction
-                and self.validation_fraction + self.test_fraction < 1):
-            raise ValueError(f"need 0 < validation_fraction, 0 <= test_fraction and their sum < 1; got "
-                             f"{self.validation_fraction} and {self.test_fraction}")
-        if self.max_images is not None and self.max_images < 3:
-            raise ValueError(f"max_images must be >= 3 (train, validation, test), got {self.max_images}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose}")
-
-    def parameters(self) -> dict:
-        """The parsed ``model_parameters`` JSON."""
-        try:
-            parameters = json.loads(self.model_parameters or "{}")
-        except json.JSONDecodeError as error:
-            raise ValueError(f"model_parameters is not JSON: {error}") from None
-        if not isinstance(parameters, dict):
-            raise ValueError(f"model_parameters must be a JSON object, got {self.model_parameters!r}")
-        return parameters
-
-    def training_config(self) -> DenoiserTrainingConfig:
-        """The model and fit settings."""
-        return DenoiserTrainingConfig(model=self.model, parameters=self.parameters(), noise=self.noise,
-                                      epochs=self.epochs, batch_size=self.batch_size,
-                                      learning_rate=self.learning_rate, loss=self.loss,
-                                      early_stopping_patience=self.early_stopping_patience)
 
 
 @dataclasses.dataclass
@@ -224,9 +168,7 @@ def run_training(argv=None) -> DenoiseTrainResult:
     from models.family.denoisers import denoise_array, evaluate_denoiser, fixed_noisy, train_denoiser
     from pipeline.denoise_figures import save_comparison_grid
 
-    config, remaining = parse_job_args(DenoiseTrainConfig, argv, prog="heartwatch denoise train")
-    if remaining:
-        raise ValueError(f"unknown flags for denoise train: {' '.join(remaining)}")
+    config = parse_flags(DenoiseTrainConfig, argv, prog="heartwatch denoise train")
     train, validation, test = load_training_images(config)
     LOGGER.info("training %s on %d images %s (validation %d, test %d), noise %s", config.model, len(train),
                 train.shape[1:], len(validation), len(test), config.noise)

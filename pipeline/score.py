@@ -20,37 +20,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from models.ecg import sources as datasets
 from models.detection import metrics
 from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL
-from pipeline.config import parse_job_args
+from models.common.flags import parse_beam_flags
+from pipeline.config import ScoreConfig
 from pipeline.train import ReadRows, ValidateRows, format_metrics, open_with_beam_filesystems, pipeline_options
 
 LOGGER = logging.getLogger(__name__)
 CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScoreConfig:
-    """Flags of `heartwatch score`."""
-
-    model: str = dataclasses.field(default="artifacts/ecg", metadata={
-        "help": "a detector version directory, or a model root (the newest version is used)"})
-    data: str = dataclasses.field(default="synthetic", metadata={"help": "input, as for `heartwatch train`"})
-    out: str = dataclasses.field(default="scores.csv", metadata={"help": "output CSV path"})
-    format: str = dataclasses.field(default="auto", metadata={"help": f"one of {datasets.FORMATS}"})
-    label_column: str | None = dataclasses.field(default=None, metadata={"help": "CSV/Parquet label column"})
-    feature_columns: tuple[str, ...] | None = dataclasses.field(default=None, metadata={
-        "help": "comma-separated CSV/Parquet sample columns"})
-    normal_label: str = dataclasses.field(default="1", metadata={"help": "label value meaning normal"})
-    batch_size: int = dataclasses.field(default=1024, metadata={"help": "largest batch per detector call"})
-
-    def __post_init__(self):
-        self.dataset_spec()
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-
-    def dataset_spec(self) -> datasets.DatasetSpec:
-        """The input description."""
-        return datasets.DatasetSpec(path=self.data, format=self.format, label_column=self.label_column,
-                                    feature_columns=self.feature_columns, normal_label=self.normal_label)
 
 
 class DetectorModelHandler(ModelHandler):
@@ -124,7 +99,7 @@ def read_scores(path: str) -> dict[str, np.ndarray]:
 
 def run(argv=None) -> ScoreResult:
     """Runs `heartwatch score`; returns counts and, for labelled data, the metrics."""
-    config, beam_args = parse_job_args(ScoreConfig, argv, prog="heartwatch score")
+    config, beam_args = parse_beam_flags(ScoreConfig, argv, prog="heartwatch score")
     from models.detection.detector import resolve_version_directory
 
     model_directory = resolve_version_directory(config.model)

@@ -30,9 +30,10 @@ from models.detection import metrics
 from models.detection import thresholds
 from models.ecg import (ANOMALY, BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, NORMALIZED_BEAT_KEY, ROW_NUMBER_KEY,
                         SOURCE_CLASS_KEY, SOURCE_KEY)
-from models.training.fit import CANDIDATES, CandidateConfig, candidate
+from models.training.fit import CandidateConfig
 from pipeline import splits
-from pipeline.config import parse_job_args
+from models.common.flags import parse_beam_flags
+from pipeline.config import TrainConfig
 
 LOGGER = logging.getLogger(__name__)
 METRICS_NAMESPACE = "heartwatch"
@@ -40,67 +41,6 @@ SPLIT_KEY = "split"
 DEFAULT_RUNNER = "FnApiRunner"
 # Test-split errors as computed at training time, to check that reloaded exports agree.
 TEST_SCORES_FILE = "test_scores.npz"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Flags of `heartwatch train` (same names in --config JSON files and in code)."""
-
-    data: str = dataclasses.field(default="synthetic", metadata={"help": (
-        "input: a file path or URL (ecg.csv, UCR .txt/.tsv/.arff, CSV, Parquet), 'tf-ecg' for TensorFlow's "
-        "ecg.csv (downloaded and cached), or 'synthetic[:beats=N,...]' for generated beats")})
-    format: str = dataclasses.field(default="auto", metadata={"help": f"one of {datasets.FORMATS}"})
-    label_column: str | None = dataclasses.field(default=None, metadata={"help": "CSV/Parquet label column"})
-    feature_columns: tuple[str, ...] | None = dataclasses.field(
-        default=None, metadata={"help": "comma-separated CSV/Parquet sample columns (default: all but the label)"})
-    normal_label: str = dataclasses.field(default="1", metadata={"help": "label value meaning normal (CSV/Parquet)"})
-    output_dir: str = dataclasses.field(default="artifacts/ecg", metadata={"help": "model root; versions go below"})
-    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the split and of training"})
-    test_fraction: float = dataclasses.field(default=0.2, metadata={"help": "share of every class held out for test"})
-    validation_fraction: float = dataclasses.field(
-        default=0.2, metadata={"help": "share of every class for validation (early stopping, calibration, selection)"})
-    normalization: str = dataclasses.field(default="minmax", metadata={"help": "minmax or zscore (TFT)"})
-    candidates: tuple[str, ...] = dataclasses.field(
-        default=("dense", "conv1d"), metadata={"help": f"comma-separated presets among {sorted(CANDIDATES)}"})
-    epochs: int | None = dataclasses.field(default=None, metadata={"help": "override every candidate's epochs"})
-    threshold_method: str = dataclasses.field(default="max_f1", metadata={"help": f"one of {thresholds.METHODS}"})
-    threshold_k: float = dataclasses.field(default=1.0, metadata={"help": "k of mean_std"})
-    target_false_positive_rate: float = dataclasses.field(default=0.01, metadata={"help": "for percentile"})
-    verbose: int = dataclasses.field(default=2, metadata={"help": "Keras progress: 0 silent, 1 bar, 2 a line/epoch"})
-    report: bool = dataclasses.field(default=True, metadata={"help": "write the PNG/HTML report"})
-
-    def __post_init__(self):
-        self.dataset_spec()
-        self.split_config()
-        self.threshold_config()
-        self.candidate_configs()
-        if self.normalization not in ("minmax", "zscore"):
-            raise ValueError(f"normalization must be 'minmax' or 'zscore', got {self.normalization!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose}")
-
-    def dataset_spec(self) -> datasets.DatasetSpec:
-        """The input description shared with scoring and replay."""
-        return datasets.DatasetSpec(path=self.data, format=self.format, label_column=self.label_column,
-                                    feature_columns=self.feature_columns, normal_label=self.normal_label)
-
-    def split_config(self) -> splits.SplitConfig:
-        """The split settings."""
-        return splits.SplitConfig(self.seed, self.test_fraction, self.validation_fraction)
-
-    def threshold_config(self) -> thresholds.ThresholdConfig:
-        """The calibration settings."""
-        return thresholds.ThresholdConfig(method=self.threshold_method, k=self.threshold_k,
-                                          target_false_positive_rate=self.target_false_positive_rate)
-
-    def candidate_configs(self) -> list[CandidateConfig]:
-        """The candidate presets, with ``epochs`` applied."""
-        if not self.candidates:
-            raise ValueError("at least one candidate is needed (--candidates dense,conv1d)")
-        chosen = [candidate(name) for name in self.candidates]
-        if self.epochs is not None:
-            chosen = [dataclasses.replace(item, epochs=self.epochs) for item in chosen]
-        return chosen
 
 
 @dataclasses.dataclass
@@ -430,7 +370,7 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 
 def run(argv=None) -> TrainResult:
     """Runs `heartwatch train` with command-line style ``argv``; returns where everything went."""
-    config, beam_args = parse_job_args(TrainConfig, argv, prog="heartwatch train")
+    config, beam_args = parse_beam_flags(TrainConfig, argv, prog="heartwatch train")
     from models.detection.detector import next_version_directory
 
     spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)

@@ -21,7 +21,8 @@ import subprocess
 import threading
 import time
 
-from streaming.config import BrokerConfig, parse_config
+from models.common.flags import parse_flags
+from streaming.config import BrokerConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class LocalBroker:
 
 def run(argv=None) -> str:
     """`heartwatch broker`: runs tansu in the foreground until SIGTERM/SIGINT; returns its address."""
-    config = parse_config(BrokerConfig, argv, prog="heartwatch broker")
+    config = parse_flags(BrokerConfig, argv, prog="heartwatch broker")
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda number, frame: stop.set())

@@ -43,7 +43,8 @@ from kafka.structs import OffsetAndMetadata
 from streaming import codec, events
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector, WebhookSender
-from streaming.config import StreamConfig, parse_config
+from models.common.flags import parse_flags
+from streaming.config import StreamConfig
 from streaming.hotswap import ModelWatcher, is_model_root
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
 from streaming.monitoring import StreamMetrics, quiet_kafka_logs, use_json_logs
@@ -459,7 +460,7 @@ class StreamProcessor:
 
 def run(argv=None) -> StreamSummary:
     """`heartwatch stream`: parses the flags and consumes until SIGTERM/SIGINT."""
-    config = parse_config(StreamConfig, argv, prog="heartwatch stream")
+    config = parse_flags(StreamConfig, argv, prog="heartwatch stream")
     quiet_kafka_logs()
     if config.log_format == "json":
         use_json_logs()

@@ -28,7 +28,8 @@ from models.ecg.sources import DatasetSpec, load_dataset
 from models.detection.detector import list_versions
 from streaming import codec, replay
 from streaming.broker import LocalBroker, free_port
-from streaming.config import DemoConfig, KafkaSettings, parse_config
+from models.common.flags import parse_flags
+from streaming.config import DemoConfig, KafkaSettings
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
 from streaming.monitoring import quiet_kafka_logs
 from streaming.tail import format_document
@@ -160,7 +161,7 @@ def _replay(settings: KafkaSettings, config: DemoConfig, dataset, summary: DemoS
 
 def run(argv=None) -> DemoSummary:
     """`heartwatch demo`: train or reuse, broker, stream, replay, live figures; stops everything at the end."""
-    config = parse_config(DemoConfig, argv, prog="heartwatch demo")
+    config = parse_flags(DemoConfig, argv, prog="heartwatch demo")
     quiet_kafka_logs()
     ensure_model(config)
     dataset = load_dataset(DatasetSpec(path=config.replay_data or config.data))

@@ -18,7 +18,8 @@ import time
 
 from models.ecg.sources import DatasetSpec, LoadedDataset, load_dataset
 from streaming import codec
-from streaming.config import KafkaSettings, ReplayConfig, parse_config
+from models.common.flags import parse_flags
+from streaming.config import KafkaSettings, ReplayConfig
 from streaming.kafka_clients import ensure_topics, make_producer
 from streaming.monitoring import quiet_kafka_logs
 
@@ -123,7 +124,7 @@ def publish(settings: KafkaSettings, topic: str, dataset: LoadedDataset, rate: f
 
 def run(argv=None) -> ReplaySummary:
     """`heartwatch replay`: loads the data set and publishes it."""
-    config = parse_config(ReplayConfig, argv, prog="heartwatch replay")
+    config = parse_flags(ReplayConfig, argv, prog="heartwatch replay")
     quiet_kafka_logs()
     dataset = load_dataset(DatasetSpec(path=config.data))
     return publish(config, config.topic, dataset, rate=config.rate, encoding=config.encoding,

@@ -15,7 +15,8 @@ import time
 from kafka import TopicPartition
 
 from streaming import codec, events
-from streaming.config import TailConfig, parse_config
+from models.common.flags import parse_flags
+from streaming.config import TailConfig
 from streaming.kafka_clients import make_consumer
 from streaming.monitoring import quiet_kafka_logs
 
@@ -115,7 +116,7 @@ def follow(config: TailConfig, handle_line=print, stop=None) -> TailSummary:
 
 def run(argv=None) -> TailSummary:
     """`heartwatch tail TOPIC`: prints records until Ctrl-C or a limit."""
-    config = parse_config(TailConfig, argv, prog="heartwatch tail", positional=("topic",))
+    config = parse_flags(TailConfig, argv, prog="heartwatch tail")
     quiet_kafka_logs()
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
