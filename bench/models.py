@@ -3,10 +3,11 @@
 For each seed the beats are split exactly as `heartwatch train` splits them (``pipeline.splits``,
 20 % test, 20 % validation, stratified by source class). Each model trains on the min-max-scaled
 training normals (statistics over training normals, as the pipeline's TFT graph computes them) with
-early stopping on the validation normals (``models.training.fit.train_autoencoder``). The threshold is
-calibrated with ``max_f1`` on the whole validation split; ROC-AUC, PR-AUC and F1 are measured on the
-test split with anomaly as the positive class. Prints a Markdown table of means (± standard deviation)
-over the splits, with the training time per split and the parameter count.
+early stopping on the validation normals (``models.training.fit.train_autoencoder``, the one fit loop).
+Each model is scored by its reconstruction error (``Autoencoder.scores``, what the exported detector
+computes). The threshold is calibrated with ``max_f1`` on the whole validation split; ROC-AUC, PR-AUC
+and F1 are measured on the test split with anomaly as the positive class. Prints a Markdown table of
+means (± standard deviation) over the splits, with the training time per split and the parameter count.
 
     python bench/models.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 5
 
@@ -26,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from models.detection import metrics, thresholds  # noqa: E402
 from models.ecg import sources as datasets  # noqa: E402
-from models.detection import metrics  # noqa: E402
 from models.family import registry  # noqa: E402
-from models.detection import thresholds  # noqa: E402
-from models.training.fit import CandidateConfig, train_autoencoder  # noqa: E402
+from models.training.candidates import CandidateConfig  # noqa: E402
+from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt")
@@ -78,22 +79,26 @@ def evaluate(candidate: CandidateConfig, arrays: dict, seed: int) -> dict:
     """
     result = train_autoencoder(candidate, arrays["train"], arrays["validation_normals"], seed=seed, verbose=0)
     model = result.model
-    score_functions = {candidate.name: model.per_sample_error}
+    score_functions = {candidate.name: lambda beats: model.scores(beats)["reconstruction_error"]}
     if hasattr(model, "negative_elbo"):
         score_functions[candidate.name + NEGATIVE_ELBO_SUFFIX] = model.negative_elbo
     evaluations = {}
     for name, function in score_functions.items():
-        def scores(beats):
-            values = np.asarray(function(beats), dtype=np.float64)
-            return values.reshape(len(beats), -1).mean(axis=1)
-
-        threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), scores(arrays["validation"]),
+        validation_scores = np.asarray(function(arrays["validation"]), dtype=np.float64)
+        test_scores = np.asarray(function(arrays["test"]), dtype=np.float64)
+        threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), validation_scores,
                                          arrays["validation_labels"])
-        test = metrics.classification_metrics(arrays["test_labels"], scores(arrays["test"]), threshold.value)
+        test = metrics.classification_metrics(arrays["test_labels"], test_scores, threshold.value)
         evaluations[name] = {"roc_auc": test["roc_auc"], "pr_auc": test["pr_auc"], "f1": test["f1"],
                              "seconds": result.seconds, "epochs_run": result.epochs_run,
                              "parameters": result.parameter_count}
     return evaluations
+
+
+def summary(rows: list[dict], key: str, digits: int = 4) -> str:
+    """``mean ± standard deviation`` of ``key`` over ``rows``."""
+    values = np.array([row[key] for row in rows], dtype=np.float64)
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
 
 def table(rows: list[dict], names: list[str]) -> str:
@@ -104,15 +109,12 @@ def table(rows: list[dict], names: list[str]) -> str:
         own = [row for row in rows if row["name"] == name]
         if not own:
             continue
-
-        def summary(key, digits=4):
-            values = np.array([row[key] for row in own], dtype=np.float64)
-            return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
-
-        described = f"`{own[0]['model']}`" + (f" `{json.dumps(own[0]['parameters_set'])}`" if own[0]["parameters_set"] else "")
-        lines.append(f"| {name} | {described} | {summary('roc_auc')} | {summary('pr_auc')} | {summary('f1')} | "
-                     f"{np.mean([row['seconds'] for row in own]):.1f} | {np.mean([row['epochs_run'] for row in own]):.0f} | "
-                     f"{own[0]['parameters']:,} |")
+        first = own[0]
+        described = f"`{first['model']}`" + (f" `{json.dumps(first['parameters_set'])}`" if first["parameters_set"] else "")
+        seconds = np.mean([row["seconds"] for row in own])
+        epochs = np.mean([row["epochs_run"] for row in own])
+        lines.append(f"| {name} | {described} | {summary(own, 'roc_auc')} | {summary(own, 'pr_auc')} | "
+                     f"{summary(own, 'f1')} | {seconds:.1f} | {epochs:.0f} | {first['parameters']:,} |")
     return "\n".join(lines)
 
 

@@ -1,17 +1,28 @@
-"""The autoencoder family: registry, shapes, training, penalties, save/load and detector export."""
+"""The autoencoder family: registry, shapes, training, penalties, save/load, detector export and the fit loop."""
 
 import math
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from models.common import files
 from models.detection import detector
-from models.family import registry
-from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN, DenseAutoencoder, DenseConfig
 from models.ecg import BEAT_LENGTH
-from models.family.variants import FAMILY, ContractiveConfig, ImageConvConfig, LSTMConfig, SparseConfig, VAEConfig
+from models.family import registry
+from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN
+from models.family.beats import DenseAutoencoder, DenseConfig, LSTMConfig
+from models.family.images import ImageConvConfig
+from models.family.registry import FAMILY
+from models.family.regularized import ContractiveConfig, SparseConfig
+from models.family.variational import VAEConfig
+from models.training.candidates import CANDIDATES, CandidateConfig, candidate
+from models.training.fit import fit, train_autoencoder
+from models.training.settings import FitSettings
 
 # Small configurations of every model this family registers (name -> parameters); each is quick to train.
 SMALL = {
@@ -249,11 +260,137 @@ def test_ecg_models_export_as_raw_input_detectors(name, tmp_path):
     model = registry.build(name, parameters)
     raw = 4.0 * _beats(12, BEAT_LENGTH, seed=3) - 2.0
     module = detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.1)
-    version = tmp_path / "1"
-    module.save(str(version / detector.SAVED_MODEL_DIRECTORY))
-    detector.write_model_card(str(version), {"threshold": {"value": 0.1}})
+    root = detector.artifact_root(str(tmp_path))
+    staging = root.staging_directory()
+    module.save(files.join(staging, detector.SAVED_MODEL_DIRECTORY))
+    root.publish(staging, {"threshold": {"value": 0.1}})
     scores = detector.load_detector(str(tmp_path)).score(raw)
     expected = np.asarray(model.anomaly_score((raw + 2.0) / 4.0))
     np.testing.assert_allclose(scores["reconstruction_error"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores["anomaly_score"], expected, rtol=1e-4, atol=1e-6)
     assert scores["per_sample_error"].shape == (12, BEAT_LENGTH)
     assert math.isclose(float(scores["threshold"][0]), 0.1, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------ the one fit loop
+
+FIT_SETTINGS = FitSettings(epochs=6, batch_size=16, learning_rate=1e-2, loss="mae", early_stopping_patience=2)
+
+
+def _validation_loss(model, inputs, targets) -> float:
+    return float(np.mean(np.abs(np.asarray(model.reconstruct(inputs)) - targets)))
+
+
+def _check_best_weights_and_stopping(result, settings, inputs, targets) -> None:
+    """The returned weights are the best epoch's; training stopped at the end or ``patience`` epochs after it."""
+    losses = result.history["val_loss"]
+    assert result.best_validation_loss == min(losses) and result.best_epoch == int(np.argmin(losses)) + 1
+    assert _validation_loss(result.model, inputs, targets) == pytest.approx(result.best_validation_loss, rel=1e-4)
+    patience = settings.early_stopping_patience
+    assert result.epochs_run == settings.epochs or (patience and result.epochs_run == result.best_epoch + patience)
+    assert result.parameter_count == result.model.count_params() and result.seconds > 0
+
+
+def test_train_autoencoder_keeps_the_best_weights_and_checkpoints_them(tmp_path):
+    beats = _beats(96, BEAT_LENGTH)
+    config = CandidateConfig("small", "dense", SMALL["dense"], epochs=6, batch_size=16, learning_rate=1e-2,
+                             early_stopping_patience=2)
+    checkpoint = str(tmp_path / "best.weights.h5")
+    result = train_autoencoder(config, beats[:64], beats[64:], seed=1, checkpoint_path=checkpoint, verbose=0)
+    assert set(result.history) == {"loss", "val_loss"} and len(result.history["loss"]) == result.epochs_run
+    _check_best_weights_and_stopping(result, config.fit_settings(), beats[64:], beats[64:])
+    restored = registry.build("dense", SMALL["dense"])
+    restored(beats[:1])
+    restored.load_weights(checkpoint)
+    np.testing.assert_allclose(np.asarray(restored.reconstruct(beats)), np.asarray(result.model.reconstruct(beats)),
+                               rtol=1e-6, atol=1e-7)
+
+
+def test_fit_without_early_stopping_runs_every_epoch():
+    beats = _beats(48, BEAT_LENGTH)
+    settings = FitSettings(epochs=3, batch_size=16, learning_rate=1e-2, loss="mse", early_stopping_patience=0)
+    result = fit(registry.build("dense", SMALL["dense"]), beats[:32], beats[32:], settings, verbose=0)
+    assert result.epochs_run == 3 and len(result.history["val_loss"]) == 3
+    assert result.best_validation_loss == min(result.history["val_loss"])
+
+
+class _BeatBatches(keras.utils.PyDataset):
+    """``(beats, beats)`` batches in a fixed order: the loop's Keras dataset input."""
+
+    def __init__(self, beats, batch_size):
+        super().__init__()
+        self.beats, self.batch_size = beats, batch_size
+
+    def __len__(self):
+        return int(np.ceil(len(self.beats) / self.batch_size))
+
+    def __getitem__(self, index):
+        batch = self.beats[index * self.batch_size:(index + 1) * self.batch_size]
+        return batch, batch
+
+
+@pytest.mark.parametrize("form", ["tf.data", "PyDataset", "pair"])
+def test_fit_takes_datasets_and_input_target_pairs(form):
+    beats = _beats(96, BEAT_LENGTH, seed=4)
+    train, validation = beats[:64], beats[64:]
+    if form == "tf.data":
+        train_data = tf.data.Dataset.from_tensor_slices((train, train)).batch(16)
+        validation_data = tf.data.Dataset.from_tensor_slices((validation, validation)).batch(16)
+    elif form == "PyDataset":
+        train_data, validation_data = _BeatBatches(train, 16), (validation, validation)
+    else:
+        train_data, validation_data = (train, train), (validation, validation)
+    keras.utils.set_random_seed(5)
+    result = fit(registry.build("dense", SMALL["dense"]), train_data, validation_data, FIT_SETTINGS, verbose=0)
+    _check_best_weights_and_stopping(result, FIT_SETTINGS, validation, validation)
+    assert result.history["loss"][-1] < result.history["loss"][0]
+
+
+def test_fit_refuses_bad_inputs():
+    beats = _beats(8, BEAT_LENGTH)
+    model = registry.build("dense", SMALL["dense"])
+    with pytest.raises(ValueError, match="no training examples"):
+        fit(model, beats[:0], beats, FIT_SETTINGS, verbose=0)
+    with pytest.raises(ValueError, match="no validation examples"):
+        fit(model, beats, beats[:0], FIT_SETTINGS, verbose=0)
+    with pytest.raises(ValueError, match="differ in length"):
+        fit(model, (beats, beats[:4]), beats, FIT_SETTINGS, verbose=0)
+    with pytest.raises(ValueError, match=r"must be \(inputs, targets\)"):
+        fit(model, (beats, beats, beats), beats, FIT_SETTINGS, verbose=0)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 0}, "candidate bad: epochs and batch_size must be positive"),
+    ({"learning_rate": 0.0}, "candidate bad: learning_rate must be positive"),
+    ({"loss": "huber"}, "candidate bad: loss must be 'mae' or 'mse'"),
+    ({"early_stopping_patience": -1}, "candidate bad: early_stopping_patience must be >= 0"),
+])
+def test_candidates_refuse_bad_fit_settings(values, message):
+    with pytest.raises(ValueError, match=message):
+        CandidateConfig("bad", "dense", **values)
+
+
+def test_candidate_presets_and_unknown_models():
+    assert candidate("tutorial") is CANDIDATES["tutorial"]
+    assert candidate("tutorial").fit_settings() == FitSettings(20, 512, 1e-3, "mae", 0)
+    assert CandidateConfig.from_dict(CANDIDATES["dense"].to_dict()) == CANDIDATES["dense"]
+    with pytest.raises(ValueError, match="unknown candidate"):
+        candidate("nonesuch")
+    with pytest.raises(ValueError, match="unknown CandidateConfig fields"):
+        CandidateConfig.from_dict({**CANDIDATES["dense"].to_dict(), "units": 3})
+    unknown = CandidateConfig("odd", "transformer")
+    with pytest.raises(ValueError, match="candidate odd: unknown model 'transformer'"):
+        unknown.check_model()
+    with pytest.raises(ValueError, match="unknown model"):
+        train_autoencoder(unknown, _beats(4, BEAT_LENGTH), _beats(4, BEAT_LENGTH), verbose=0)
+
+
+def test_candidates_and_fit_settings_import_without_tensorflow():
+    code = ("import sys; import models.training.candidates as candidates; "
+            "candidates.candidate('dense'); "
+            "loaded = sorted(name for name in ('keras', 'tensorflow') if name in sys.modules); "
+            "print(','.join(loaded) or 'none')")
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONPATH": repository}, cwd=repository)
+    assert completed.stdout.strip() == "none"

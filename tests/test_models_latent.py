@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.family import latent
-from models.family import registry
+from models.common import files
+from models.family import latent, registry
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -25,7 +25,7 @@ def test_grid_runs_from_minus_five_to_five_in_steps_of_one():
 
 def test_decoder_grid_of_a_two_dimensional_image_code(tmp_path):
     model = registry.build("conv_image", {"input_shape": (12, 12, 1), "filters": (4, 8), "z_dim": 2})
-    values, outputs = latent.decoded_grid(model)
+    _, outputs = latent.decoded_grid(model)
     assert outputs.shape == (11, 11, 12, 12, 1)
     top_left = np.asarray(model.decode(np.array([[-5.0, 5.0]], np.float32)))[0]
     bottom_right = np.asarray(model.decode(np.array([[5.0, -5.0]], np.float32)))[0]
@@ -68,3 +68,11 @@ def test_latent_scatter_writes_a_png(tmp_path):
     assert _is_png(path)
     with pytest.raises(ValueError, match="differ in length"):
         latent.latent_scatter(model, beats, labels[:5], str(tmp_path / "bad.png"))
+
+
+def test_pictures_are_written_through_the_file_layer_to_any_scheme():
+    model = registry.build("vae", {"hidden_units": (8,), "latent_dim": 2})
+    beats = np.random.default_rng(3).random((12, 140)).astype(np.float32)
+    scatter = latent.latent_scatter(model, beats, np.repeat([0, 1], 6), "ram://latent_test/pictures/scatter.png")
+    grid = latent.decoder_grid(model, "ram://latent_test/pictures/grid.png", latent.GridConfig(-1.0, 1.0, 1.0))
+    assert files.read_bytes(scatter)[:8] == PNG_SIGNATURE and files.read_bytes(grid)[:8] == PNG_SIGNATURE

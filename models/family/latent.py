@@ -6,18 +6,28 @@
   (default [-5, 5] in steps of 1, i.e. 11 x 11 points). Images are drawn as images, beats as curves
   on one shared vertical scale.
 
-Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state, no display needed).
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot state, no display needed) and
+written through the file layer (``models.common.files``), so ``path`` may be local, ``ram://`` or ``gs://``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from models.common import files
+
 LOGGER = logging.getLogger(__name__)
+
+
+def _write_png(figure: Figure, path: str, dpi: int) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return files.write_bytes(path, buffer.getvalue())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +87,7 @@ def latent_scatter(model, inputs: np.ndarray, labels, path: str, title: str = "l
     axes.set_title(title)
     axes.legend(title="label", markerscale=2, fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    _write_png(figure, path, dpi=100)
     LOGGER.info("wrote latent scatter of %d examples to %s", len(inputs), path)
     return path
 
@@ -127,6 +137,6 @@ def decoder_grid(model, path: str, config: GridConfig = GridConfig(), title: str
             if column == 0:
                 axes.set_ylabel(f"{values[count - 1 - row]:g}", fontsize="x-small")
     figure.suptitle(title)
-    figure.savefig(path, dpi=80)
+    _write_png(figure, path, dpi=80)
     LOGGER.info("wrote %d x %d decoder grid to %s", count, count, path)
     return path

@@ -3,7 +3,9 @@
 ``build("dense", {"latent_dim": 4})`` returns a ready Keras model; ``names()`` lists what exists and
 ``ecg_models()`` the ones that reconstruct flat beats (and so can be exported as a detector).
 Each model module declares ``MODELS = {name: model_class}``; the modules are listed once below.
-``save``/``load`` write and read the Keras 3 ``.keras`` format, loading with ``safe_mode=True``.
+``save``/``load`` write and read the Keras 3 ``.keras`` format, loading with ``safe_mode=True``;
+``load`` is the one loader of every saved model (ECG autoencoders and image denoisers alike).
+``FAMILY`` maps every architecture of the family to the registry name that builds it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,27 @@ import logging
 
 import keras
 
-from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN, config_from_dict
+from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN
+from models.family.configs import config_from_dict
 
 LOGGER = logging.getLogger(__name__)
 
-MODEL_MODULES = ("models.family.base", "models.family.variants", "models.family.denoisers")
+MODEL_MODULES = ("models.family.beats", "models.family.regularized", "models.family.variational",
+                 "models.family.images", "models.family.denoisers")
 KERAS_SUFFIX = ".keras"
+
+FAMILY = {
+    "basic dense undercomplete (images)": "dense_image",
+    "ECG dense detector": "dense",
+    "convolutional with z_dim (images)": "conv_image",
+    "convolutional denoiser (images)": "denoise_tutorial",
+    "LSTM sequence (ECG)": "lstm",
+    "1-D convolutional (ECG)": "conv1d",
+    "sparse (L1 or KL)": "sparse",
+    "contractive": "contractive",
+    "variational": "vae",
+}
+"""Every architecture of the family and the registry name that builds it."""
 
 
 def _registry() -> dict:
@@ -74,10 +91,12 @@ def save(model: keras.Model, path: str) -> str:
     return str(path)
 
 
-def load(path: str) -> keras.Model:
+def load(path: str, compile: bool = False) -> keras.Model:
     """Loads a model written by ``save`` with ``safe_mode=True`` (no arbitrary code is deserialised).
 
     Every registered model module is imported first, so all heartwatch classes are known to Keras.
+    The model is loaded for inference; ``compile=True`` also restores the optimizer and loss it was
+    saved with (to continue training).
     """
     _registry()
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)

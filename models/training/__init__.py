@@ -1,1 +1,1 @@
-"""Fitting autoencoders: the one fit loop and the named training presets."""
+"""Fitting models: the one fit loop (``fit``), its settings, the ECG candidates and denoiser training."""

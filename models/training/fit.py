@@ -1,8 +1,18 @@
-"""Training an autoencoder on normal data: one function, shared by the pipeline and the benchmarks.
+"""The one fit loop of every heartwatch model, and its ECG entry point ``train_autoencoder``.
 
-A *candidate* is a model from the registry plus its training hyper-parameters. The pipeline trains
-several candidates (fanned out as Beam elements) and keeps the best by validation score.
-``CANDIDATES`` holds the named presets; ``tutorial`` is the TensorFlow tutorial's recipe verbatim.
+``fit`` compiles a model (Adam, the settings' loss), fits it with Keras's own callbacks (early
+stopping on ``val_loss``, which also keeps and restores the best-``val_loss`` weights; an optional
+best-only weights checkpoint) and Keras's verbose progress, and returns a ``TrainingResult``.
+Training and validation data may be
+
+* an array: an autoencoder's inputs, which are also its targets;
+* an ``(inputs, targets)`` pair of arrays (e.g. noisy and clean images);
+* a ``keras.utils.PyDataset`` or a ``tf.data.Dataset`` yielding ``(inputs, targets)`` batches (so
+  data can be streamed from files; ``batch_size`` then belongs to the dataset). Arrays are shuffled
+  every epoch, a ``PyDataset``'s batch order too; a ``tf.data.Dataset`` keeps its own order.
+
+``train_autoencoder`` trains an ECG candidate (``models.training.candidates``) to reconstruct beats;
+``models.training.denoising.train_denoiser`` trains an image denoiser through the same loop.
 """
 
 from __future__ import annotations
@@ -13,122 +23,96 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from models.family import registry
-from models.family.base import config_from_dict
+from models.training.candidates import CandidateConfig
+from models.training.settings import FitSettings
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class CandidateConfig:
-    """One model configuration to train: registry name, model parameters and fit settings."""
-
-    name: str
-    model: str
-    parameters: dict = dataclasses.field(default_factory=dict)
-    epochs: int = 300
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    loss: str = "mae"
-    early_stopping_patience: int = 40
-
-    def __post_init__(self):
-        registry.model_class(self.model)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"candidate {self.name}: epochs and batch_size must be positive")
-        if self.learning_rate <= 0:
-            raise ValueError(f"candidate {self.name}: learning_rate must be positive")
-        if self.early_stopping_patience < 0:
-            raise ValueError(f"candidate {self.name}: early_stopping_patience must be >= 0 (0 disables it)")
-        if self.loss not in ("mae", "mse"):
-            raise ValueError(f"candidate {self.name}: loss must be 'mae' or 'mse', got {self.loss!r}")
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (model cards, Beam elements)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "CandidateConfig":
-        """Inverse of ``to_dict``; unknown keys are refused."""
-        return config_from_dict(cls, values)
-
-
-CANDIDATES = {
-    # The TensorFlow tutorial verbatim: dense 140-32-16-8, 20 epochs, batch 512, Adam, MAE.
-    "tutorial": CandidateConfig("tutorial", "dense", {}, epochs=20, batch_size=512, early_stopping_patience=0),
-    # Same network, trained to convergence with early stopping on validation loss.
-    "dense": CandidateConfig("dense", "dense", {}, epochs=300, batch_size=32),
-    # 1-D convolutional autoencoder.
-    "conv1d": CandidateConfig("conv1d", "conv1d", {}, epochs=300, batch_size=32),
-}
-
-
-def candidate(name: str) -> CandidateConfig:
-    """A preset candidate by name."""
-    if name not in CANDIDATES:
-        raise ValueError(f"unknown candidate {name!r}; presets: {', '.join(sorted(CANDIDATES))}")
-    return CANDIDATES[name]
+MONITOR = "val_loss"
+DATASET_TYPES = (keras.utils.PyDataset, tf.data.Dataset)
 
 
 @dataclasses.dataclass
 class TrainingResult:
-    """What training produced: the model with its best weights, the loss history and timings."""
+    """What training produced: the model with its best weights, the loss history and timings.
+
+    ``best_epoch`` counts from 1; ``history`` maps each Keras log key (``loss``, ``val_loss``) to its
+    value per epoch run.
+    """
 
     model: keras.Model
     history: dict
     best_validation_loss: float
+    best_epoch: int
     epochs_run: int
     seconds: float
     parameter_count: int
 
 
-def train_autoencoder(config: CandidateConfig, train_inputs: np.ndarray, validation_inputs: np.ndarray,
-                      seed: int = 0, checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
-    """Fits ``config``'s model to reconstruct ``train_inputs``; keeps the best ``val_loss`` weights.
+def _keras_data(data, role: str):
+    """A dataset unchanged, else ``(inputs, targets)`` float32 arrays from an array (its own targets) or a pair."""
+    if isinstance(data, DATASET_TYPES):
+        return data
+    if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError(f"{role} data given as a tuple must be (inputs, targets), got {len(data)} items")
+        inputs, targets = (np.asarray(part, np.float32) for part in data)
+    else:
+        inputs = targets = np.asarray(data, np.float32)
+    if len(inputs) == 0:
+        raise ValueError(f"no {role} examples: keeping the best weights and early stopping need "
+                         "training and held-out validation examples")
+    if len(inputs) != len(targets):
+        raise ValueError(f"{role} inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
+    return inputs, targets
 
-    The best weights are checkpointed to ``checkpoint_path`` (a ``.weights.h5`` file) when given, and
-    always restored into the returned model. ``verbose`` is Keras's progress setting.
+
+def fit(model: keras.Model, train, validation, settings: FitSettings, checkpoint_path: str | None = None,
+        verbose: int = 2, name: str | None = None) -> TrainingResult:
+    """Fits ``model`` on ``train``, validating on ``validation``; returns it with its best-``val_loss`` weights.
+
+    ``settings`` says how (``early_stopping_patience`` 0 runs every epoch, still keeping the best
+    weights); ``checkpoint_path`` (a ``.weights.h5`` file), when given, also receives the best
+    weights as they improve; ``verbose`` is Keras's progress setting; ``name`` labels the log line.
     """
-    train_inputs = np.asarray(train_inputs, dtype=np.float32)
-    validation_inputs = np.asarray(validation_inputs, dtype=np.float32)
-    if len(train_inputs) == 0:
-        raise ValueError("no training examples: training needs at least one normal beat")
-    if len(validation_inputs) == 0:
-        raise ValueError("no validation examples: early stopping and checkpointing need held-out normal beats")
+    train_data = _keras_data(train, "training")
+    if isinstance(train_data, DATASET_TYPES):
+        inputs = {"x": train_data, "shuffle": not isinstance(train_data, tf.data.Dataset)}
+    else:
+        inputs = {"x": train_data[0], "y": train_data[1], "batch_size": settings.batch_size, "shuffle": True}
+    validation_data = _keras_data(validation, "validation")
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=settings.loss)
+    best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
+                                         restore_best_weights=True)
+    callbacks = [best]
+    if checkpoint_path:
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor=MONITOR, save_best_only=True,
+                                                         save_weights_only=True))
+    started = time.perf_counter()
+    history = model.fit(**inputs, validation_data=validation_data, epochs=settings.epochs, callbacks=callbacks,
+                        verbose=verbose)
+    seconds = time.perf_counter() - started
+    history = {key: [float(value) for value in values] for key, values in history.history.items()}
+    epochs_run = len(history[MONITOR])
+    best_validation_loss = history[MONITOR][best.best_epoch]
+    LOGGER.info("%s: %d epochs in %.1f s, best val_loss %.6f at epoch %d", name or type(model).__name__,
+                epochs_run, seconds, best_validation_loss, best.best_epoch + 1)
+    return TrainingResult(model=model, history=history, best_validation_loss=best_validation_loss,
+                          best_epoch=best.best_epoch + 1, epochs_run=epochs_run, seconds=seconds,
+                          parameter_count=int(model.count_params()))
+
+
+def train_autoencoder(config: CandidateConfig, train_inputs, validation_inputs, seed: int = 0,
+                      checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
+    """Builds ``config``'s model (seeded) and fits it to reconstruct ``train_inputs`` with the best ``val_loss`` weights.
+
+    Inputs are beat arrays (their own targets) or datasets of ``(inputs, targets)`` batches, as ``fit``
+    takes them; ``checkpoint_path`` and ``verbose`` are ``fit``'s.
+    """
+    config.check_model()
     keras.utils.set_random_seed(seed)
     model = registry.build(config.model, config.parameters)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=config.loss)
-    best = _BestWeights()
-    callbacks = [best]
-    if config.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience))
-    if checkpoint_path:
-        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor="val_loss",
-                                                         save_best_only=True, save_weights_only=True))
-    started = time.perf_counter()
-    history = model.fit(train_inputs, train_inputs, epochs=config.epochs, batch_size=config.batch_size,
-                        validation_data=(validation_inputs, validation_inputs), shuffle=True,
-                        callbacks=callbacks, verbose=verbose)
-    seconds = time.perf_counter() - started
-    model.set_weights(best.weights)
-    LOGGER.info("candidate %s: %d epochs in %.1f s, best val_loss %.5f at epoch %d", config.name,
-                len(history.history["loss"]), seconds, best.loss, best.epoch + 1)
-    return TrainingResult(model=model, history={key: [float(v) for v in values] for key, values in history.history.items()},
-                          best_validation_loss=float(best.loss), epochs_run=len(history.history["loss"]),
-                          seconds=seconds, parameter_count=int(model.count_params()))
-
-
-class _BestWeights(keras.callbacks.Callback):
-    """Remembers the weights of the epoch with the lowest ``val_loss`` (in memory)."""
-
-    def __init__(self):
-        super().__init__()
-        self.loss = float("inf")
-        self.epoch = -1
-        self.weights = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("val_loss", float("inf")))
-        if loss < self.loss or self.weights is None:
-            self.loss, self.epoch, self.weights = loss, epoch, self.model.get_weights()
+    return fit(model, train_inputs, validation_inputs, config.fit_settings(), checkpoint_path=checkpoint_path,
+               verbose=verbose, name=f"candidate {config.name}")

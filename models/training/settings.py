@@ -1,0 +1,37 @@
+"""The settings of one fit (epochs, batch size, learning rate, loss, early stopping), checked once.
+
+Pure Python (no Keras, no TensorFlow): the ECG candidates (``models.training.candidates``) and the
+denoiser config (``models.training.denoising``) carry these fields and hand them to
+``models.training.fit.fit`` through ``fit_settings()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+LOSSES = ("mae", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """How to fit: Adam at ``learning_rate`` on ``loss``; ``early_stopping_patience`` 0 disables early stopping.
+
+    ``batch_size`` applies to array inputs; datasets (a ``keras.utils.PyDataset``, a ``tf.data.Dataset``)
+    arrive already batched.
+    """
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    loss: str
+    early_stopping_patience: int
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs} and {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be 'mae' or 'mse', got {self.loss!r}")
+        if self.early_stopping_patience < 0:
+            raise ValueError("early_stopping_patience must be >= 0 (0 disables early stopping)")
