@@ -8,8 +8,8 @@ errors answer before TensorFlow loads:
   and the split and threshold settings (``pipeline.splits`` and ``models.detection.thresholds``
   need numpy only, imported when a config is built);
 - ``deep_checks()`` builds what needs pandas or Keras: the dataset spec (``models.ecg.sources``),
-  the candidate presets (``models.training.fit``) and the denoiser settings
-  (``models.family.denoisers``). ``parse_flags``/``parse_beam_flags`` run it inside each job's
+  the candidate presets (``models.training.candidates``) and the denoiser settings
+  (``models.training.denoising``). ``parse_flags``/``parse_beam_flags`` run it inside each job's
   ``run()``, before any work; the CLI's fast check skips it.
 """
 
@@ -20,15 +20,16 @@ import json
 
 from models.common.flags import field
 
-# Names shown in --help and checked at parse time without importing their owners (which load pandas,
-# TensorFlow or Keras). tests/test_flags.py checks that each one equals its owner's.
-DATASET_FORMATS = ("auto", "ecg_csv", "ucr", "csv", "parquet", "synthetic")  # models.ecg.sources.FORMATS
-THRESHOLD_METHODS = ("mean_std", "percentile", "max_f1")  # models.detection.thresholds.METHODS
-CANDIDATE_PRESETS = ("conv1d", "dense", "tutorial")  # models.training.fit.CANDIDATES
-NORMALIZATIONS = ("minmax", "zscore")  # pipeline.transform.NORMALIZATIONS
-IMAGE_SET_FORMATS = ("auto", "images", "npy", "npz", "tfrecord")  # models.images.io.IMAGE_SET_FORMATS
-DENOISER_MODELS = ("denoise_tutorial", "dncnn")  # models.family.denoisers.MODELS
-DEFAULT_DENOISER = "dncnn"  # models.family.denoisers.DEFAULT_MODEL
+from models.detection import THRESHOLD_METHODS
+from models.ecg import DATASET_FORMATS
+from models.family import DEFAULT_DENOISER
+from models.family import DENOISERS as DENOISER_MODELS
+from models.images import IMAGE_SET_FORMATS
+from models.training.candidates import CANDIDATES
+
+# Names shown in --help and checked at parse time; their owners above import no TensorFlow, Keras or pandas.
+CANDIDATE_PRESETS = tuple(sorted(CANDIDATES))
+NORMALIZATIONS = ("minmax", "zscore")  # pipeline.transform applies them
 VERBOSITIES = (0, 1, 2)
 
 
@@ -134,7 +135,7 @@ class TrainConfig(DatasetFlags):
 
     def candidate_configs(self) -> list:
         """The ``CandidateConfig`` presets, with ``epochs`` applied (imports Keras)."""
-        from models.training.fit import candidate
+        from models.training.candidates import candidate
 
         chosen = [candidate(name) for name in self.candidates]
         if self.epochs is not None:
@@ -214,7 +215,7 @@ class DenoiseTrainConfig:
 
     def training_config(self):
         """The ``models.family.denoisers.DenoiserTrainingConfig`` of the model and fit settings (imports Keras)."""
-        from models.family.denoisers import DenoiserTrainingConfig
+        from models.training.denoising import DenoiserTrainingConfig
 
         return DenoiserTrainingConfig(model=self.model, parameters=self.parameters(), noise=self.noise,
                                       epochs=self.epochs, batch_size=self.batch_size,
@@ -262,10 +263,10 @@ class DenoiseRunConfig:
             raise ValueError("--batch_size and --chunk_size must be positive and --grid_images >= 0")
 
     def noise_spec(self):
-        """The parsed ``models.images.io.NoiseSpec`` to add (``none`` adds nothing)."""
-        from models.images import io as image_tools
+        """The parsed ``models.images.noise.NoiseSpec`` to add (``none`` adds nothing)."""
+        from models.images.noise import NoiseSpec
 
         try:
-            return image_tools.NoiseSpec.parse(self.noise)
+            return NoiseSpec.parse(self.noise)
         except ValueError as error:
             raise ValueError(f"--noise: {error}") from None

@@ -13,8 +13,8 @@ import tensorflow_transform as tft
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
+from pipeline.config import NORMALIZATIONS
 
-NORMALIZATIONS = ("minmax", "zscore")
 
 
 def raw_metadata() -> dataset_metadata.DatasetMetadata:

@@ -21,9 +21,10 @@ import dataclasses
 
 import numpy as np
 
+from models.detection import THRESHOLD_METHODS
 from models.ecg import ANOMALY, NORMAL
 
-METHODS = ("mean_std", "percentile", "max_f1")
+METHODS = THRESHOLD_METHODS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from models.ecg import (
+    DATASET_FORMATS,
     ANOMALY,
     BEAT_KEY,
     BEAT_LENGTH,
@@ -85,7 +86,7 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
-FORMATS = ("auto", "ecg_csv", "ucr", "csv", "parquet", "synthetic")
+FORMATS = DATASET_FORMATS
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ import dataclasses
 
 import keras
 
+from models.family import BASELINE_DENOISER, DEFAULT_DENOISER
 from models.family.base import IMAGE_DOMAIN, Autoencoder
 from models.family.configs import config_from_dict
 from models.images.io import SUPPORTED_CHANNELS
 
-DEFAULT_MODEL = "dncnn"
-BASELINE_MODEL = "denoise_tutorial"
+DEFAULT_MODEL = DEFAULT_DENOISER
+BASELINE_MODEL = BASELINE_DENOISER
 
 
 def _check_channels(channels: int) -> None:

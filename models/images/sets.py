@@ -18,12 +18,12 @@ import logging
 import numpy as np
 
 from models.common import files
+from models.images import IMAGE_SET_FORMATS
 from models.images.arrays import array_rows_to_unit_float, check_image_array_shape, npz_member_name
 from models.images.io import SUPPORTED_CHANNELS, ImageError, decode_image, is_image_file, parse_example
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGE_SET_FORMATS = ("auto", "images", "npy", "npz", "tfrecord")
 TFRECORD_EXTENSIONS = (".tfrecord", ".tfrecords")
 FASHION_MNIST_KEYS = ("x_train", "x_test")
 
