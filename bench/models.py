@@ -110,7 +110,8 @@ def table(rows: list[dict], names: list[str]) -> str:
         if not own:
             continue
         first = own[0]
-        described = f"`{first['model']}`" + (f" `{json.dumps(first['parameters_set'])}`" if first["parameters_set"] else "")
+        parameters = f" `{json.dumps(first['parameters_set'])}`" if first["parameters_set"] else ""
+        described = f"`{first['model']}`" + parameters
         seconds = np.mean([row["seconds"] for row in own])
         epochs = np.mean([row["epochs_run"] for row in own])
         lines.append(f"| {name} | {described} | {summary(own, 'roc_auc')} | {summary(own, 'pr_auc')} | "

@@ -19,7 +19,6 @@ import dataclasses
 import json
 
 from models.common.flags import field
-
 from models.detection import THRESHOLD_METHODS
 from models.ecg import DATASET_FORMATS
 from models.family import DEFAULT_DENOISER

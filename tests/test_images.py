@@ -178,7 +178,8 @@ def test_decode_image_modes_and_errors():
     cmyk = io.BytesIO()
     Image.new("CMYK", (3, 3)).save(cmyk, format="JPEG")
     for data, reason in ((b"", "empty file"), (b"\x89PNG\r\n\x1a\nbroken", "corrupt"),
-                         (_png_bytes(np.zeros((4, 4), np.uint8))[:40], "corrupt"), (cmyk.getvalue(), "unsupported image mode")):
+                         (_png_bytes(np.zeros((4, 4), np.uint8))[:40], "corrupt"),
+                         (cmyk.getvalue(), "unsupported image mode")):
         with pytest.raises(images.ImageError, match=reason):
             images.decode_image(data)
 

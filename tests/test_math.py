@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from models.detection import metrics
-from models.detection import thresholds
+from models.detection import metrics, thresholds
 from pipeline import splits
 
 

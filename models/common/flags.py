@@ -68,7 +68,7 @@ class FlagType:
     sequence: bool = False
 
     @classmethod
-    def of(cls, annotation) -> "FlagType":
+    def of(cls, annotation) -> FlagType:
         """``int``, ``str | None``, ``tuple[str, ...] | None``, ...; anything else raises TypeError."""
         optional = False
         if typing.get_origin(annotation) in (typing.Union, types.UnionType):

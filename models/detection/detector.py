@@ -84,7 +84,8 @@ class DetectorModule(tf.Module):
         normalized = tf.cast(self.preprocess(beats), tf.float32)
         scores = {key: tf.cast(value, tf.float32) for key, value in self.autoencoder.scores(normalized).items()}
         threshold = tf.fill(tf.shape(scores["anomaly_score"]), self.threshold)
-        return {**scores, "threshold": threshold, "is_anomaly": thresholds.is_anomalous(scores["anomaly_score"], threshold)}
+        is_anomaly = thresholds.is_anomalous(scores["anomaly_score"], threshold)
+        return {**scores, "threshold": threshold, "is_anomaly": is_anomaly}
 
     def set_threshold(self, value: float) -> None:
         """Sets the calibrated threshold before export."""

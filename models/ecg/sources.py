@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 
 from models.ecg import (
-    DATASET_FORMATS,
     ANOMALY,
     BEAT_KEY,
     BEAT_LENGTH,
+    DATASET_FORMATS,
     IS_ANOMALY_KEY,
     NORMAL,
     ROW_NUMBER_KEY,

@@ -36,7 +36,7 @@ class NoiseSpec:
             raise ValueError(f"salt_and_pepper amount is a fraction of pixels in [0, 1], got {self.amount}")
 
     @classmethod
-    def parse(cls, text: str) -> "NoiseSpec":
+    def parse(cls, text: str) -> NoiseSpec:
         """``"gaussian:0.6"``, ``"speckle"`` (default amount), ``"salt_and_pepper:0.1"`` or ``"none"``."""
         kind, _, amount_text = text.strip().partition(":")
         kind = kind.strip().lower().replace("-", "_")
