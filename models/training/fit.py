@@ -106,7 +106,7 @@ def fit(model: keras.Model, train, validation, settings: FitSettings, checkpoint
 
 def train_autoencoder(config: CandidateConfig, train_inputs, validation_inputs, seed: int = 0,
                       checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
-    """Builds ``config``'s model (seeded) and fits it to reconstruct ``train_inputs``, keeping the best ``val_loss`` weights.
+    """Builds the seeded model of ``config`` and fits it to ``train_inputs``, keeping the best ``val_loss`` weights.
 
     Inputs are beat arrays (their own targets) or datasets of ``(inputs, targets)`` batches, as ``fit``
     takes them; ``checkpoint_path`` and ``verbose`` are ``fit``'s.
