@@ -22,9 +22,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.images import io as images  # noqa: E402
-from models.family.denoisers import (BASELINE_MODEL, DEFAULT_MODEL, DenoiserTrainingConfig, evaluate_denoiser,  # noqa: E402
-                              fixed_noisy, train_denoiser)
+from models.family.denoisers import BASELINE_MODEL, DEFAULT_MODEL  # noqa: E402
+from models.images import noise, sets  # noqa: E402
+from models.training.denoising import (  # noqa: E402
+    DenoiserTrainingConfig,
+    evaluate_denoiser,
+    fixed_noisy,
+    train_denoiser,
+)
 
 BAR_DECIBELS = 1.5
 
@@ -32,16 +37,16 @@ BAR_DECIBELS = 1.5
 def load(data: str, seed: int, limit: int | None):
     """(train, validation, test) images for one seed."""
     if data == "fashion_mnist":
-        train_pool, test = images.fashion_mnist_images()
+        train_pool, test = sets.fashion_mnist_images()
         rng = np.random.default_rng(seed)
         train_pool = train_pool[rng.permutation(len(train_pool))[:limit or len(train_pool)]]
         test = test[:max(1000, (limit or 10_000) // 5)]
         cut = len(train_pool) // 10
         return train_pool[cut:], train_pool[:cut], test
-    pool = images.digits_images() if data == "digits" else images.synthetic_images(limit or 2000, 28, seed=seed)
+    pool = sets.digits_images() if data == "digits" else sets.synthetic_images(limit or 2000, 28, seed=seed)
     if limit:
         pool = pool[:limit]
-    train, validation, test = images.split_indices(len(pool), (0.1, 0.2), seed)
+    train, validation, test = sets.split_indices(len(pool), (0.1, 0.2), seed)
     return pool[train], pool[validation], pool[test]
 
 
@@ -58,7 +63,7 @@ def main() -> None:
     rows = []
     for seed in range(arguments.seeds):
         train, validation, test = load(arguments.data, seed, arguments.limit)
-        noisy_test = fixed_noisy(test, images.NoiseSpec.parse(arguments.noise), 1000 + seed)
+        noisy_test = fixed_noisy(test, noise.NoiseSpec.parse(arguments.noise), 1000 + seed)
         row = {"seed": seed}
         for name in (BASELINE_MODEL, DEFAULT_MODEL):
             config = DenoiserTrainingConfig(model=name, noise=arguments.noise, epochs=arguments.epochs,

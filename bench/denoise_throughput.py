@@ -33,7 +33,8 @@ sys.path.insert(0, REPOSITORY)
 
 def make_array(path: str, count: int) -> None:
     """``count`` 28x28 uint8 images (scikit-learn digits scaled to 28x28, repeated) saved as ``.npy``."""
-    from models.images.io import digits_images, to_uint8
+    from models.images.io import to_uint8
+    from models.images.sets import digits_images
 
     digits = to_uint8(digits_images())[..., 0]
     np.save(path, np.resize(digits, (count,) + digits.shape[1:]))
@@ -46,7 +47,7 @@ def peak_rss_megabytes() -> float:
 
 def measure_predict(model_directory: str, array_path: str, batch_size: int) -> dict:
     """Plain Keras: load, warm up, then time ``model.predict`` over the whole in-memory float array."""
-    from models.family.denoisers import load_denoiser
+    from models.training.denoising import load_denoiser
 
     model = load_denoiser(os.path.join(model_directory, "model.keras"))
     images = (np.load(array_path).astype(np.float32) / 255.0)[..., np.newaxis]

@@ -2,11 +2,16 @@
 
 The tutorial's own figure reconstructs the *clean* test images for its "denoised" row; here the
 denoised row is always the model's output on the noisy row shown above it (callers pass both).
+The PNG is written through the file layer, so ``path`` may be on any scheme (``gs://``, ``ram://``).
 """
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+from models.common import files
 
 
 def save_comparison_grid(path: str, noisy, denoised, clean=None, titles=None) -> str:
@@ -43,6 +48,7 @@ def save_comparison_grid(path: str, noisy, denoised, clean=None, titles=None) ->
             if row_index == 0 and titles is not None:
                 axis.set_title(str(titles[column_index])[:18], fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    return path
+    return files.write_bytes(path, buffer.getvalue())

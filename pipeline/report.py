@@ -1,14 +1,16 @@
 """The training report: PNG plots and one HTML page linking them, written beside the export.
 
-Plots: training/validation loss, test error histograms (normal vs abnormal) with the threshold line,
-example inputs against their reconstructions with the error filled between, and ROC / PR curves.
+Plots: training/validation loss, test anomaly-score histograms (normal vs abnormal) with the threshold line,
+example inputs against their reconstructions with the error filled between, and ROC / PR curves
+of the anomaly score. Everything is written through the file layer (``models.common.files``), so the
+report can go to any scheme the export goes to.
 """
 
 from __future__ import annotations
 
 import html
+import io
 import logging
-import os
 
 import matplotlib
 
@@ -16,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from models.common import files  # noqa: E402
 from models.detection import metrics  # noqa: E402
 from models.ecg import ANOMALY, NORMAL  # noqa: E402
 
@@ -23,10 +26,11 @@ LOGGER = logging.getLogger(__name__)
 
 
 def _save(figure, directory: str, name: str) -> str:
-    path = os.path.join(directory, name)
+    buffer = io.BytesIO()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    files.write_bytes(files.join(directory, name), buffer.getvalue())
     return name
 
 
@@ -43,16 +47,16 @@ def plot_loss(history: dict, directory: str) -> str:
     return _save(figure, directory, "loss.png")
 
 
-def plot_error_histogram(errors: np.ndarray, labels: np.ndarray, threshold: float, directory: str) -> str:
-    """Reconstruction-error histograms of normal and abnormal test beats, with the threshold."""
+def plot_score_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, directory: str) -> str:
+    """Anomaly-score histograms of normal and abnormal test beats, with the threshold."""
     figure, axes = plt.subplots(figsize=(7, 4))
-    bins = np.linspace(float(errors.min()), float(errors.max()), 50) if errors.size else 10
+    bins = np.linspace(float(scores.min()), float(scores.max()), 50) if scores.size else 10
     for value, name, color in ((NORMAL, "normal", "tab:blue"), (ANOMALY, "abnormal", "tab:red")):
-        selected = errors[labels == value]
+        selected = scores[labels == value]
         if selected.size:
             axes.hist(selected, bins=bins, alpha=0.6, label=f"{name} ({selected.size})", color=color)
     axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4f}")
-    axes.set_xlabel("reconstruction error (mean absolute, normalised space)")
+    axes.set_xlabel("anomaly score (the model's own; normalised space)")
     axes.set_ylabel("test beats")
     axes.legend()
     return _save(figure, directory, "error_histogram.png")
@@ -77,20 +81,20 @@ def plot_examples(beats: np.ndarray, labels: np.ndarray, normalize, reconstruct,
     return _save(figure, directory, "reconstructions.png")
 
 
-def plot_curves(labels: np.ndarray, errors: np.ndarray, directory: str) -> str | None:
+def plot_curves(labels: np.ndarray, scores: np.ndarray, directory: str) -> str | None:
     """ROC and precision-recall curves with anomaly as the positive class."""
     if not (0 < int((labels == ANOMALY).sum()) < labels.size):
         return None
-    false_positive_rate, true_positive_rate, _ = metrics.roc_curve(labels, errors)
-    precision, recall, _ = metrics.precision_recall_curve(labels, errors)
+    false_positive_rate, true_positive_rate, _ = metrics.roc_curve(labels, scores)
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
     figure, (roc_axes, pr_axes) = plt.subplots(1, 2, figsize=(10, 4))
-    roc_axes.plot(false_positive_rate, true_positive_rate, label=f"AUC {metrics.roc_auc(labels, errors):.4f}")
+    roc_axes.plot(false_positive_rate, true_positive_rate, label=f"AUC {metrics.roc_auc(labels, scores):.4f}")
     roc_axes.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc_axes.set_xlabel("false-positive rate")
     roc_axes.set_ylabel("true-positive rate (recall)")
     roc_axes.set_title("ROC (anomaly positive)")
     roc_axes.legend()
-    pr_axes.step(recall, precision, where="post", label=f"AP {metrics.average_precision(labels, errors):.4f}")
+    pr_axes.step(recall, precision, where="post", label=f"AP {metrics.average_precision(labels, scores):.4f}")
     pr_axes.set_xlabel("recall")
     pr_axes.set_ylabel("precision")
     pr_axes.set_title("Precision-recall (anomaly positive)")
@@ -117,22 +121,24 @@ def _metrics_rows(test_metrics: dict | None) -> str:
 
 def write_report(directory: str, card: dict, history: dict, test_beats: np.ndarray, test_labels: np.ndarray,
                  test_scores: dict, normalize, reconstruct) -> str:
-    """Writes the plots and ``index.html``; returns the page's path."""
-    os.makedirs(directory, exist_ok=True)
-    errors = np.asarray(test_scores["reconstruction_error"])
+    """Writes the plots and ``index.html`` through the file layer; returns the page's path.
+
+    ``card`` is the model card without its version number (the version is published afterwards).
+    """
+    scores = np.asarray(test_scores["anomaly_score"])
     threshold = float(card["threshold"]["value"])
     labelled = test_labels.size > 0 and np.isin(test_labels, (NORMAL, ANOMALY)).all()
     images = [plot_loss(history, directory)]
-    if errors.size:
-        images.append(plot_error_histogram(errors, test_labels, threshold, directory))
+    if scores.size:
+        images.append(plot_score_histogram(scores, test_labels, threshold, directory))
         images.append(plot_examples(test_beats, test_labels, normalize, reconstruct, directory))
     if labelled:
-        images.append(plot_curves(test_labels, errors, directory))
+        images.append(plot_curves(test_labels, scores, directory))
     candidates = "".join(
         f"<tr><td>{html.escape(item['name'])}</td><td>{html.escape(str(item['selection_metric']))}</td>"
         f"<td>{item['selection_score']:.4f}</td><td>{item['epochs_run']}</td><td>{item['training_seconds']}</td>"
         f"<td>{item['parameter_count']}</td></tr>" for item in card["candidates"])
-    body = (f"<h1>heartwatch ECG detector, version {html.escape(str(card['version']))}</h1>"
+    body = (f"<h1>heartwatch ECG detector, trained {html.escape(str(card['created']))}</h1>"
             f"<p>Data: {html.escape(str(card['data']['source']))}; {card['data']['valid_rows']} valid rows, "
             f"{card['data']['bad_rows']} bad rows. Model: {html.escape(card['model']['name'])}. "
             f"Threshold {threshold:.6f} ({html.escape(card['threshold']['method'])}).</p>"
@@ -141,9 +147,8 @@ def write_report(directory: str, card: dict, history: dict, test_beats: np.ndarr
             + _metrics_rows(card.get("test_metrics"))
             + "".join(f'<h2>{html.escape(name[:-4].replace("_", " "))}</h2><img src="{name}" alt="{name}">'
                       for name in images if name))
-    path = os.path.join(directory, "index.html")
-    with open(path, "w") as handle:
-        handle.write("<!doctype html><html><head><meta charset='utf-8'><title>heartwatch report</title>"
+    path = files.join(directory, "index.html")
+    files.write_text(path, "<!doctype html><html><head><meta charset='utf-8'><title>heartwatch report</title>"
                      "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 10px;"
                      "border-bottom:1px solid #ddd}img{max-width:100%}</style></head><body>"
                      + body + "</body></html>")

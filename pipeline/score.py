@@ -1,9 +1,12 @@
 """`heartwatch score`: batch scoring of any supported dataset with an exported detector (Beam job).
 
 Output CSV, one row per valid beat: ``index`` (the row number in the input), ``reconstruction_error``,
-``threshold``, ``is_anomaly`` (0/1) and, when the input is labelled, ``label`` (1 = anomaly) and
-``source_class``. Bad rows go to ``<out>.errors.jsonl`` with their reason. Scoring goes through Beam's
-``RunInference`` with a small ``ModelHandler`` that loads the detector with TensorFlow alone.
+``threshold``, ``is_anomaly`` (0/1, the detector's own decision) and, when the input is labelled,
+``label`` (1 = anomaly) and ``source_class``. Bad rows go to ``<out>.errors.jsonl`` with their reason.
+Scoring goes through Beam's ``RunInference`` with a ``ModelHandler`` that loads the detector with
+``load_detector`` and delegates to ``Detector.score``. For labelled inputs the job also computes the
+detection metrics from the detector's ``anomaly_score`` and ``is_anomaly`` (printed, not written to
+the CSV). Every output goes through Beam's IOs, so ``--out`` may be ``gs://...`` or ``ram://...``.
 """
 
 from __future__ import annotations
@@ -11,25 +14,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from models.ecg import sources as datasets
+from models.common import files
+from models.common.flags import parse_beam_flags
 from models.detection import metrics
 from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL
-from models.common.flags import parse_beam_flags
+from models.ecg import sources as datasets
 from pipeline.config import ScoreConfig
-from pipeline.train import ReadRows, ValidateRows, format_metrics, open_with_beam_filesystems, pipeline_options
+from pipeline.ecg_steps import ReadValidRows, open_with_beam_filesystems
+from pipeline.export import format_metrics
+from pipeline.runner import job_pipeline
 
 LOGGER = logging.getLogger(__name__)
 CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class")
+# The detector outputs each scored row keeps (``per_sample_error`` is left out: 140 values a beat).
+ROW_OUTPUTS = ("anomaly_score", "reconstruction_error", "threshold", "is_anomaly")
+METRICS_SUFFIX = ".metrics.partial"
 
 
 class DetectorModelHandler(ModelHandler):
-    """RunInference handler for heartwatch detectors: batches of raw beats in, score dicts out."""
+    """RunInference handler for heartwatch detectors: loads ``load_detector(path)``, delegates to ``Detector.score``."""
 
     def __init__(self, model_path: str, max_batch_size: int = 1024):
         super().__init__()
@@ -43,9 +51,7 @@ class DetectorModelHandler(ModelHandler):
 
     def run_inference(self, batch, model, inference_args=None):
         scores = model.score(np.stack(batch), batch_size=self.max_batch_size)
-        return [PredictionResult(example, {"reconstruction_error": float(scores["reconstruction_error"][index]),
-                                           "threshold": float(scores["threshold"][index]),
-                                           "is_anomaly": bool(scores["is_anomaly"][index])})
+        return [PredictionResult(example, {key: scores[key][index].item() for key in ROW_OUTPUTS})
                 for index, example in enumerate(batch)]
 
     def batch_elements_kwargs(self):
@@ -67,6 +73,25 @@ def csv_row(keyed_result) -> str:
             f"{int(inference['is_anomaly'])},{label},{source_class}")
 
 
+def _metrics_input(keyed_result) -> tuple:
+    (_, is_anomaly, _), result = keyed_result
+    inference = result.inference
+    return is_anomaly, inference["anomaly_score"], inference["threshold"]
+
+
+def score_metrics(rows: list) -> dict | None:
+    """Detection metrics of ``(label, anomaly_score, threshold)`` rows; None unless every row is labelled
+    and both classes occur. Flagged means ``anomaly_score > threshold`` at the detector's own float32
+    threshold, i.e. exactly the detector's ``is_anomaly``."""
+    if not rows:
+        return None
+    labels = np.asarray([row[0] for row in rows], dtype=np.int64)
+    if (labels == UNKNOWN_LABEL).any() or not 0 < int(labels.sum()) < labels.size:
+        return None
+    return metrics.classification_metrics(labels, np.asarray([row[1] for row in rows], dtype=np.float32),
+                                          float(rows[0][2]))
+
+
 @dataclasses.dataclass
 class ScoreResult:
     """Where the scores went, how many rows, and metrics when the input is labelled."""
@@ -79,12 +104,12 @@ class ScoreResult:
 
 
 def read_scores(path: str) -> dict[str, np.ndarray]:
-    """Reads a score CSV back into arrays sorted by index (for summaries and tests)."""
-    with open(path) as handle:
-        header = handle.readline().strip().split(",")
-        rows = [line.rstrip("\n").split(",") for line in handle if line.strip()]
+    """Reads a score CSV back into arrays sorted by index (for summaries and tests), through the file layer."""
+    lines = files.read_text(path).splitlines()
+    header = lines[0].strip().split(",") if lines else []
     if header != list(CSV_COLUMNS):
         raise ValueError(f"{path} is not a heartwatch score file (header {header})")
+    rows = [line.split(",") for line in lines[1:] if line.strip()]
     rows.sort(key=lambda row: int(row[0]))
     columns = list(zip(*rows)) if rows else [()] * len(CSV_COLUMNS)
     return {
@@ -97,38 +122,51 @@ def read_scores(path: str) -> dict[str, np.ndarray]:
     }
 
 
-def run(argv=None) -> ScoreResult:
-    """Runs `heartwatch score`; returns counts and, for labelled data, the metrics."""
+def count_lines(path: str) -> int:
+    """Non-empty lines of a text file (the errors output), through the file layer."""
+    return sum(1 for line in files.read_text(path).splitlines() if line.strip())
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, model_directory: str, errors_path: str,
+                   metrics_path: str) -> None:
+    """Adds the scoring job to ``pipeline``: read -> validate -> RunInference -> CSV, errors and metrics."""
+    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))
+    records, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec)
+    scored = (records
+              | "Key" >> beam.Map(_keyed_beat)
+              | "Score" >> RunInference(handler))
+    _ = (scored
+         | "CsvRows" >> beam.Map(csv_row)
+         | "WriteScores" >> beam.io.WriteToText(config.out, shard_name_template="", num_shards=1,
+                                                header=",".join(CSV_COLUMNS)))
+    _ = (errors
+         | "ErrorLines" >> beam.Map(json.dumps)
+         | "WriteErrors" >> beam.io.WriteToText(errors_path, shard_name_template="", num_shards=1))
+    _ = (scored
+         | "MetricInputs" >> beam.Map(_metrics_input)
+         | "AllScores" >> beam.combiners.ToList()
+         | "Metrics" >> beam.Map(lambda rows: json.dumps(score_metrics(rows)))
+         | "WriteMetrics" >> beam.io.WriteToText(metrics_path, shard_name_template="", num_shards=1))
+
+
+def run(argv=None, test_pipeline=None) -> ScoreResult:
+    """Runs `heartwatch score`; returns counts and, for labelled data, the metrics.
+
+    ``test_pipeline``, when given, is the pipeline the job is built on (instead of a new one).
+    """
     config, beam_args = parse_beam_flags(ScoreConfig, argv, prog="heartwatch score")
     from models.detection.detector import resolve_version_directory
 
     model_directory = resolve_version_directory(config.model)
-    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     errors_path = f"{config.out}.errors.jsonl"
-    os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
-    handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))
-    with beam.Pipeline(options=pipeline_options(beam_args)) as pipeline:
-        validated = (pipeline
-                     | "Dataset" >> beam.Create([spec])
-                     | "ReadRows" >> beam.ParDo(ReadRows())
-                     | "Validate" >> beam.ParDo(ValidateRows(spec)).with_outputs(ValidateRows.ERRORS, main="records"))
-        _ = (validated.records
-             | "Key" >> beam.Map(_keyed_beat)
-             | "Score" >> RunInference(handler)
-             | "CsvRows" >> beam.Map(csv_row)
-             | "WriteScores" >> beam.io.WriteToText(config.out, shard_name_template="", num_shards=1,
-                                                    header=",".join(CSV_COLUMNS)))
-        _ = (validated[ValidateRows.ERRORS]
-             | "ErrorLines" >> beam.Map(json.dumps)
-             | "WriteErrors" >> beam.io.WriteToText(errors_path, shard_name_template="", num_shards=1))
+    metrics_path = config.out + METRICS_SUFFIX
+    with job_pipeline(beam_args, test_pipeline) as pipeline:
+        build_pipeline(pipeline, config, model_directory, errors_path, metrics_path)
     scores = read_scores(config.out)
-    with open(errors_path) as handle:
-        bad_rows = sum(1 for line in handle if line.strip())
-    labelled = scores["label"].size and (scores["label"] != UNKNOWN_LABEL).all()
-    result_metrics = None
-    if labelled and 0 < int(scores["label"].sum()) < scores["label"].size:
-        result_metrics = metrics.classification_metrics(scores["label"], scores["reconstruction_error"],
-                                                        float(scores["threshold"][0]))
+    bad_rows = count_lines(errors_path)
+    result_metrics = json.loads(files.read_text(metrics_path))
+    files.remove(metrics_path)
     LOGGER.info("scored %d beats with %s (%d bad rows) -> %s", scores["index"].size, model_directory, bad_rows,
                 config.out)
     return ScoreResult(out=config.out, errors_path=errors_path, scored_rows=int(scores["index"].size),
@@ -140,4 +178,3 @@ def report(result: ScoreResult) -> None:
     print(f"scores: {result.out} ({result.scored_rows} beats); bad rows: {result.bad_rows} -> {result.errors_path}")
     if result.metrics:
         print(format_metrics(result.metrics))
-

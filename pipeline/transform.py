@@ -16,7 +16,6 @@ from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
 from pipeline.config import NORMALIZATIONS
 
 
-
 def raw_metadata() -> dataset_metadata.DatasetMetadata:
     """Schema of the raw instances TFT sees: one fixed-length float feature, the beat."""
     feature_spec = {BEAT_KEY: tf.io.FixedLenFeature([BEAT_LENGTH], tf.float32)}

@@ -1,8 +1,10 @@
 """Denoisers and the denoising job in layers: models and training, DoFns, TestPipeline, then end-to-end runs."""
 
 import csv
+import io
 import json
 import os
+import uuid
 
 import apache_beam as beam
 import keras
@@ -14,10 +16,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 import heartwatch_cli
-from models.family import denoisers
+from models.common import files
+from models.family import denoisers, registry
 from models.images import io as images
-from models.family import registry
-from pipeline import denoise
+from models.images import noise, quality, sets
+from models.training import denoising
+from pipeline import denoise, denoise_plan, denoise_read, denoise_steps, denoise_write
 
 TINY_DNCNN = '{"depth": 4, "filters": 16}'
 IMAGE_SIZE = 16
@@ -45,13 +49,13 @@ def exported(tmp_path_factory):
 def image_directory(tmp_path_factory):
     """Clean PNGs (one in a sub-directory, one larger, one JPEG), plus corrupt, empty, RGB and text files."""
     directory = tmp_path_factory.mktemp("images")
-    clean = images.synthetic_images(5, IMAGE_SIZE, seed=7)
+    clean = sets.synthetic_images(5, IMAGE_SIZE, seed=7)
     for index in range(4):
         _png(directory / f"img{index}.png", clean[index])
     (directory / "nested").mkdir()
-    _png(directory / "nested" / "wide.png", images.synthetic_images(1, 21, seed=8)[0][:, :19])
+    _png(directory / "nested" / "wide.png", sets.synthetic_images(1, 21, seed=8)[0][:, :19])
     Image.fromarray(images.to_uint8(clean[4])[:, :, 0]).save(directory / "photo.jpg", quality=95)
-    _png(directory / "colour.png", images.synthetic_images(1, IMAGE_SIZE, channels=3, seed=9)[0])
+    _png(directory / "colour.png", sets.synthetic_images(1, IMAGE_SIZE, channels=3, seed=9)[0])
     (directory / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (directory / "empty.png").write_bytes(b"")
     (directory / "README.txt").write_text("not an image")
@@ -91,14 +95,14 @@ def test_denoisers_survive_keras_save_and_load(tmp_path):
         path = str(tmp_path / f"{name}.keras")
         model(batch)
         model.save(path)
-        loaded = denoisers.load_denoiser(path)
+        loaded = denoising.load_denoiser(path)
         assert type(loaded) is type(model) and loaded.config == model.config
         np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
 
 
 def test_noisy_batches_draw_fresh_noise_over_shuffled_clean_images():
-    clean = images.synthetic_images(10, 8, seed=1)
-    batches = denoisers.NoisyBatches(clean, images.NoiseSpec("gaussian", 0.2), batch_size=4, seed=0)
+    clean = sets.synthetic_images(10, 8, seed=1)
+    batches = denoising.NoisyBatches(clean, noise.NoiseSpec("gaussian", 0.2), batch_size=4, seed=0)
     assert len(batches) == 3
     noisy, targets = batches[0]
     assert noisy.shape == targets.shape == (4, 8, 8, 1) and not np.array_equal(noisy, targets)
@@ -109,26 +113,26 @@ def test_noisy_batches_draw_fresh_noise_over_shuffled_clean_images():
 
 
 def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
-    clean = images.synthetic_images(60, 12, seed=2)
-    config = denoisers.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
+    clean = sets.synthetic_images(60, 12, seed=2)
+    config = denoising.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
                                               batch_size=16, early_stopping_patience=0)
-    result = denoisers.train_denoiser(config, clean[:48], clean[48:], seed=3,
+    result = denoising.train_denoiser(config, clean[:48], clean[48:], seed=3,
                                       checkpoint_path=str(tmp_path / "best.weights.h5"), verbose=0)
     losses = result.history["val_loss"]
     assert result.epochs_run == 3 and result.best_validation_loss == min(losses)
     assert result.best_epoch == int(np.argmin(losses)) + 1 and os.path.exists(tmp_path / "best.weights.h5")
-    validation_noisy = denoisers.fixed_noisy(clean[48:], config.noise_spec(), 3 + 1)
+    validation_noisy = denoising.fixed_noisy(clean[48:], config.noise_spec(), 3 + 1)
     recomputed = float(np.mean((result.model.predict(validation_noisy, verbose=0) - clean[48:]) ** 2))
     assert recomputed == pytest.approx(result.best_validation_loss, rel=1e-4)
     with pytest.raises(ValueError, match="needs noise"):
-        denoisers.DenoiserTrainingConfig(noise="none")
+        denoising.DenoiserTrainingConfig(noise="none")
 
 
 def test_denoise_batch_pads_groups_of_sizes_for_strided_models():
     model = denoisers.build_denoiser("denoise_tutorial", 1)
-    batch = [images.synthetic_images(1, 10, seed=1)[0], images.synthetic_images(1, 16, seed=2)[0],
-             images.synthetic_images(1, 10, seed=3)[0]]
-    outputs = denoise.denoise_batch(model, batch)
+    batch = [sets.synthetic_images(1, 10, seed=1)[0], sets.synthetic_images(1, 16, seed=2)[0],
+             sets.synthetic_images(1, 10, seed=3)[0]]
+    outputs = denoise_steps.denoise_batch(model, batch)
     assert [output.shape for output in outputs] == [(10, 10, 1), (16, 16, 1), (10, 10, 1)]
     padded, _ = images.pad_to_multiple(batch[0][np.newaxis], 4)
     np.testing.assert_allclose(outputs[0], model(padded).numpy()[0, :10, :10], atol=1e-5)
@@ -139,16 +143,16 @@ def test_denoise_batch_pads_groups_of_sizes_for_strided_models():
 
 def test_image_metrics_summary_and_csv_rows():
     clean = np.full((8, 8, 1), 0.5, np.float32)
-    metrics = denoise.image_metrics(clean + 0.1, clean + 0.01, clean)
+    metrics = denoise_steps.image_metrics(clean + 0.1, clean + 0.01, clean)
     assert metrics["noisy_psnr"] == pytest.approx(20.0, abs=1e-4) and metrics["denoised_psnr"] == pytest.approx(40.0, abs=1e-3)
-    assert denoise.image_metrics(clean, clean, None) == {name: None for name in denoise.METRIC_NAMES}
-    combine = denoise.SummaryFn()
+    assert denoise_steps.image_metrics(clean, clean, None) == {name: None for name in denoise_steps.METRIC_NAMES}
+    combine = denoise_write.SummaryFn()
     parts = [combine.add_input(combine.create_accumulator(), item)
-             for item in (metrics, denoise.image_metrics(clean, clean, clean), denoise.image_metrics(clean, clean, None))]
+             for item in (metrics, denoise_steps.image_metrics(clean, clean, clean), denoise_steps.image_metrics(clean, clean, None))]
     summary = combine.extract_output(combine.merge_accumulators(parts))
     assert summary["denoised_images"] == 3 and summary["images_with_reference"] == 2
     assert summary["images_with_infinite_psnr"] == 1 and summary["mean_psnr_gain"] == pytest.approx(20.0, abs=1e-3)
-    row = denoise.metrics_row({"key": "a,b.png", "denoised": clean, "metrics": metrics})
+    row = denoise_write.metrics_row({"key": "a,b.png", "denoised": clean, "metrics": metrics})
     assert next(csv.reader([row]))[:4] == ["a,b.png", "8", "8", "1"]
 
 
@@ -165,7 +169,7 @@ def test_run_config_validation():
 
 
 def test_read_image_files_dofn_decodes_or_routes_errors(image_directory):
-    function = denoise.ReadImageFiles(str(image_directory))
+    function = denoise_read.ReadImageFiles(str(image_directory))
     function.setup()
     good = list(function.process("nested/wide.png"))
     assert good[0]["key"] == "nested/wide.png" and good[0]["image"].shape == (21, 19, 1) and good[0]["clean"] is None
@@ -176,16 +180,16 @@ def test_read_image_files_dofn_decodes_or_routes_errors(image_directory):
 
 
 def test_prepare_images_dofn_adds_reproducible_noise_and_refuses_wrong_channels():
-    function = denoise.PrepareImages("gaussian:0.2", seed=5, channels=1, convert_color=False)
+    function = denoise_steps.PrepareImages("gaussian:0.2", seed=5, channels=1, convert_color=False)
     function.setup()
-    image = images.synthetic_images(1, 8)[0]
+    image = sets.synthetic_images(1, 8)[0]
     record = {"key": "k", "position": "k", "format": "png", "image": image, "clean": None}
     prepared = list(function.process(record))[0]
     np.testing.assert_array_equal(prepared["clean"], image)
-    np.testing.assert_array_equal(prepared["image"], images.gaussian_noise(image, 0.2, denoise.noise_rng(5, "k")))
+    np.testing.assert_array_equal(prepared["image"], noise.gaussian_noise(image, 0.2, denoise_steps.noise_rng(5, "k")))
     rgb = {**record, "image": np.repeat(image, 3, axis=-1)}
     assert list(function.process(rgb))[0].tag == "errors"
-    converting = denoise.PrepareImages("none", seed=5, channels=1, convert_color=True)
+    converting = denoise_steps.PrepareImages("none", seed=5, channels=1, convert_color=True)
     converting.setup()
     assert list(converting.process(rgb))[0]["image"].shape == (8, 8, 1)
 
@@ -195,7 +199,7 @@ def test_read_array_rows_dofn_reports_unusable_rows(tmp_path):
     array[2, 0, 0] = np.nan
     array[4, 1, 1] = 3.0
     np.save(tmp_path / "x.npy", array)
-    function = denoise.ReadArrayRows(str(tmp_path / "x.npy"), None)
+    function = denoise_read.ReadArrayRows(str(tmp_path / "x.npy"), None)
     function.setup()
     outputs = list(function.process((0, 6)))
     function.teardown()
@@ -208,14 +212,14 @@ def test_read_array_rows_dofn_reports_unusable_rows(tmp_path):
 
 def test_read_tfrecords_dofn_keeps_good_records_before_a_corrupt_tail(tmp_path):
     path = str(tmp_path / "set.tfrecord")
-    encoded = images.encode_image(images.synthetic_images(1, 8)[0])
+    encoded = images.encode_image(sets.synthetic_images(1, 8)[0])
     with tf.io.TFRecordWriter(path) as writer:
         writer.write(images.make_example("first", encoded))
         writer.write(b"\x01\x02 not an example")
         writer.write(images.make_example("third", encoded))
     with open(path, "ab") as handle:
         handle.write(b"\x00" * 30)
-    function = denoise.ReadTFRecords()
+    function = denoise_read.ReadTFRecords()
     function.setup()
     outputs = list(function.process(path))
     assert [output["key"] for output in outputs if not hasattr(output, "tag")] == ["first", "third"]
@@ -229,11 +233,11 @@ def test_read_tfrecords_dofn_keeps_good_records_before_a_corrupt_tail(tmp_path):
 def test_pipeline_over_a_small_image_directory_with_a_corrupt_file(exported, image_directory, tmp_path):
     config = denoise.DenoiseRunConfig(input=str(image_directory), model=exported.version_directory,
                                       out=str(tmp_path), noise="gaussian:0.2", grid_images=3)
-    plan = denoise.plan_image_set(config)
+    plan = denoise_plan.plan_image_set(config)
     assert plan.format == "images" and plan.skipped_files == 1
     with TestPipeline(runner="FnApiRunner") as pipeline:
         read = (pipeline | beam.Create(list(plan.tasks))
-                | beam.ParDo(denoise.ReadImageFiles(config.input)).with_outputs("errors", main="images"))
+                | beam.ParDo(denoise_read.ReadImageFiles(config.input)).with_outputs("errors", main="images"))
         assert_that(read["errors"] | beam.Map(lambda error: error["key"]), equal_to(["corrupt.png", "empty.png"]),
                     label="ReadErrors")
         summary = denoise.build_pipeline(pipeline, config, plan, exported.version_directory, channels=1)
@@ -267,9 +271,9 @@ def test_train_export_run_round_trip_on_an_image_directory(exported, image_direc
     assert (wide["height"], wide["width"]) == ("21", "19") and float(wide["denoised_ssim"]) > float(wide["noisy_ssim"])
     assert result.grid_path and os.path.exists(result.grid_path)
 
-    model = denoisers.load_denoiser(exported.model_path)
+    model = denoising.load_denoiser(exported.model_path)
     clean = images.decode_image((image_directory / "img2.png").read_bytes())
-    noisy = images.gaussian_noise(clean, 0.2, denoise.noise_rng(11, "img2.png"))
+    noisy = noise.gaussian_noise(clean, 0.2, denoise_steps.noise_rng(11, "img2.png"))
     expected = images.to_uint8(model.predict(noisy[np.newaxis], verbose=0)[0])[:, :, 0]
     written = _pixels(out / "denoised" / "img2.png")
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1, "the job denoises the noisy image"
@@ -278,10 +282,10 @@ def test_train_export_run_round_trip_on_an_image_directory(exported, image_direc
 
 
 def test_round_trip_on_arrays_and_tfrecords_through_the_cli(exported, tmp_path, capsys):
-    clean = images.synthetic_images(7, IMAGE_SIZE, seed=21)
+    clean = sets.synthetic_images(7, IMAGE_SIZE, seed=21)
     array = images.to_uint8(clean[..., 0])
     np.save(tmp_path / "set.npy", array)
-    model = denoisers.load_denoiser(exported.model_path)
+    model = denoising.load_denoiser(exported.model_path)
     expected = images.to_uint8(model.predict(array[..., np.newaxis].astype(np.float32) / 255.0, verbose=0))[..., 0]
 
     status = heartwatch_cli.main(["denoise", "run", "--input", str(tmp_path / "set.npy"), "--model",
@@ -292,7 +296,7 @@ def test_round_trip_on_arrays_and_tfrecords_through_the_cli(exported, tmp_path, 
     assert written.dtype == np.uint8 and written.shape == array.shape
     assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
 
-    noisy = images.gaussian_noise(clean, 0.2, np.random.default_rng(0))
+    noisy = noise.gaussian_noise(clean, 0.2, np.random.default_rng(0))
     with tf.io.TFRecordWriter(str(tmp_path / "set.tfrecord")) as writer:
         for index in range(len(clean)):
             writer.write(images.make_example(f"r{index}", images.encode_image(noisy[index]),
@@ -314,8 +318,8 @@ def test_rgb_model_and_npz_reference_round_trip(tmp_path):
     trained = denoise.run(["train", "--data", "synthetic:count=40,size=12,channels=3", "--epochs", "1",
                            "--model", "denoise_tutorial", "--output_dir", str(tmp_path / "models"), "--verbose", "0"])
     assert trained.card["model"]["channels"] == 3 and trained.card["signature"]["size_multiple"] == 4
-    clean = images.synthetic_images(5, 10, channels=3, seed=3)
-    noisy = images.gaussian_noise(clean, 0.2, np.random.default_rng(1))
+    clean = sets.synthetic_images(5, 10, channels=3, seed=3)
+    noisy = noise.gaussian_noise(clean, 0.2, np.random.default_rng(1))
     np.savez(tmp_path / "noisy.npz", images=noisy)
     np.save(tmp_path / "clean.npy", clean)
     result = denoise.run(["run", "--input", str(tmp_path / "noisy.npz"), "--reference", str(tmp_path / "clean.npy"),
@@ -323,5 +327,47 @@ def test_rgb_model_and_npz_reference_round_trip(tmp_path):
     with np.load(result.output_path) as archive:
         assert archive.files == ["images"] and archive["images"].shape == (5, 10, 10, 3)
     assert result.summary["images_with_reference"] == 5
-    assert result.summary["mean_noisy_psnr"] == pytest.approx(float(np.mean(images.psnr(clean, noisy))), abs=1e-3)
+    assert result.summary["mean_noisy_psnr"] == pytest.approx(float(np.mean(quality.psnr(clean, noisy))), abs=1e-3)
     keras.backend.clear_session()
+
+
+def test_train_and_run_on_ram_filesystem(image_directory, tmp_path):
+    """`denoise train` -> `denoise run` with the model root and every output on TensorFlow's ram:// scheme."""
+    root = f"ram://{uuid.uuid4().hex}"
+    trained = denoise.run(["train", "--data", "synthetic:count=60,size=12", "--epochs", "1", "--batch_size", "16",
+                           "--model_parameters", '{"depth": 3, "filters": 8}', "--output_dir", f"{root}/models",
+                           "--verbose", "0"])
+    assert trained.version_directory == f"{root}/models/1" and trained.card["version"] == "1"
+    assert files.list_directory(f"{root}/models") == ["1"], "the staging directory is gone after publishing"
+    assert files.list_directory(trained.version_directory) == ["comparison.png", "history.json", "model.keras",
+                                                              "model_card.json"]
+    assert files.read_json(files.join(trained.version_directory, "model_card.json")) == trained.card
+
+    out = f"{root}/images_out"
+    result = denoise.run(["run", "--input", str(image_directory), "--model", f"{root}/models", "--out", out,
+                          "--noise", "gaussian:0.2", "--batch_size", "4"],
+                         test_pipeline=TestPipeline(runner="FnApiRunner"))
+    summary = result.summary
+    assert (summary["denoised_images"], summary["bad_images"], summary["skipped_files"]) == (len(GOOD_FILES), 3, 1)
+    assert summary["model"] == trained.version_directory and files.read_json(result.summary_path) == summary
+    assert files.list_directory(out) == ["comparison.png", "denoised", "errors.jsonl", "metrics.csv", "summary.json"]
+    assert sorted(path[len(out) + len("/denoised/"):] for path in files.walk_files(files.join(out, "denoised"))) == \
+        sorted(GOOD_FILES)
+    assert Image.open(io.BytesIO(files.read_bytes(f"{out}/denoised/photo.jpg"))).format == "JPEG"
+    rows = list(csv.DictReader(io.StringIO(files.read_text(result.metrics_path))))
+    assert sorted(row["key"] for row in rows) == sorted(GOOD_FILES)
+    errors = [json.loads(line) for line in files.read_text(result.errors_path).splitlines()]
+    assert sorted(error["key"] for error in errors) == sorted(BAD_FILES)
+
+    clean = sets.synthetic_images(5, 10, seed=4)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images.to_uint8(clean))
+    files.write_bytes(f"{root}/inputs/set.npz", buffer.getvalue())
+    result = denoise.run(["run", "--input", f"{root}/inputs/set.npz", "--model", trained.version_directory,
+                          "--out", f"{root}/npz_out", "--chunk_size", "2"])
+    assert result.output_path == f"{root}/npz_out/denoised.npz" and result.summary["denoised_images"] == 5
+    with np.load(io.BytesIO(files.read_bytes(result.output_path))) as archive:
+        assert archive.files == ["images"] and archive["images"].shape == (5, 10, 10, 1)
+        assert archive["images"].dtype == np.uint8 and archive["images"].max() > 0
+    assert sorted(files.list_directory(f"{root}/npz_out")) == ["comparison.png", "denoised.npz", "errors.jsonl",
+                                                               "metrics.csv", "summary.json"]

@@ -1,21 +1,24 @@
 """The training job in layers: DoFns, Beam transforms with assert_that, then real end-to-end runs."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-
 from conftest import BAD_ROWS, REPOSITORY
-from models.ecg import sources as datasets
+
+from models.common import files
 from models.detection.detector import load_detector
 from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
-from pipeline import score, splits, train
+from models.ecg import sources as datasets
+from pipeline import ecg_steps, export, score, splits, train
 from pipeline.transform import make_preprocessing_fn, raw_metadata
 
 
@@ -28,12 +31,12 @@ def _test_pipeline():
 
 
 def test_validate_rows_dofn_splits_good_and_bad_rows():
-    function = train.ValidateRows(_spec())
+    function = ecg_steps.ValidateRows(_spec())
     function.setup()
     good = list(function.process((3, ["0.1"] * BEAT_LENGTH, "1")))
     bad = list(function.process((4, ["0.1"] * 10, "1")))
     assert good[0]["row_number"] == 3 and good[0]["is_anomaly"] == 0 and good[0][BEAT_KEY].shape == (BEAT_LENGTH,)
-    assert bad[0].tag == train.ValidateRows.ERRORS
+    assert bad[0].tag == ecg_steps.ValidateRows.ERRORS
     assert bad[0].value["row_number"] == 4 and bad[0].value["reason"].startswith("wrong length")
 
 
@@ -45,11 +48,12 @@ def test_validate_and_split_transforms_with_assert_that():
                                     ["1" if number % 3 else "2" for number in range(1, 31)], config)
     with _test_pipeline() as pipeline:
         validated = (pipeline | beam.Create(rows)
-                     | beam.ParDo(train.ValidateRows(_spec())).with_outputs(train.ValidateRows.ERRORS, main="records"))
-        assigned = validated.records | train.AssignSplits(config)
-        assert_that(assigned | "Pairs" >> beam.Map(lambda record: (record["row_number"], record[train.SPLIT_KEY])),
+                     | beam.ParDo(ecg_steps.ValidateRows(_spec())).with_outputs(ecg_steps.ValidateRows.ERRORS,
+                                                                               main="records"))
+        assigned = validated.records | ecg_steps.AssignSplits(config)
+        assert_that(assigned | "Pairs" >> beam.Map(lambda record: (record["row_number"], record[ecg_steps.SPLIT_KEY])),
                     equal_to([(number, expected[number - 1]) for number in range(1, 31)]), label="splits")
-        assert_that(validated[train.ValidateRows.ERRORS] | beam.Map(lambda error: error["row_number"]),
+        assert_that(validated[ecg_steps.ValidateRows.ERRORS] | beam.Map(lambda error: error["row_number"]),
                     equal_to([31]), label="errors")
 
 
@@ -85,6 +89,7 @@ def test_training_needs_normal_rows(tmp_path, ecg5000_path):
     with pytest.raises(Exception, match="no valid normal training rows"):
         train.run(["--data", str(data), "--output_dir", str(tmp_path / "out"), "--candidates", "dense",
                    "--epochs", "1", "--verbose", "0"])
+    assert os.listdir(tmp_path / "out") == [], "a failed run publishes nothing and removes its staging directory"
 
 
 def test_export_contents_and_quality(trained_detector):
@@ -116,7 +121,7 @@ def test_bad_rows_are_reported_with_row_number_and_reason(trained_detector):
 
 
 def test_export_reloads_in_fresh_process_with_tensorflow_alone(trained_detector, sample_with_bad_rows, tmp_path):
-    scores_at_training = np.load(os.path.join(trained_detector.version_directory, train.TEST_SCORES_FILE))
+    scores_at_training = np.load(os.path.join(trained_detector.version_directory, export.TEST_SCORES_FILE))
     dataset = datasets.load_dataset(datasets.DatasetSpec(path=sample_with_bad_rows))
     positions = np.searchsorted(dataset.row_numbers, scores_at_training["row_number"])
     np.save(tmp_path / "beats.npy", dataset.beats[positions])
@@ -140,6 +145,7 @@ def test_detector_signature_outputs(trained_detector, ecg5000_path):
     np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
     assert (out["threshold"] == np.float32(detector.threshold)).all()
     assert (out["is_anomaly"] == (out["reconstruction_error"] > out["threshold"])).all()
+    assert (out["is_anomaly"] == (out["anomaly_score"] > out["threshold"])).all()
 
 
 def test_score_command_end_to_end(trained_detector, sample_with_bad_rows, tmp_path):
@@ -157,3 +163,31 @@ def test_cli_lists_subcommands():
                             cwd=REPOSITORY, check=True).stdout
     for name in ("train", "score", "stream", "denoise"):
         assert name in output
+
+
+def test_train_then_score_on_ram_filesystem(sample_with_bad_rows):
+    """`heartwatch train` -> `heartwatch score` with every output on TensorFlow's in-memory ram:// scheme."""
+    root = f"ram://{uuid.uuid4().hex}"
+    trained = train.run(["--data", sample_with_bad_rows, "--output_dir", f"{root}/ecg", "--candidates", "dense",
+                         "--epochs", "30", "--verbose", "0"])
+    assert trained.version_directory == f"{root}/ecg/1" and trained.summary["version"] == "1"
+    assert files.list_directory(f"{root}/ecg") == ["1"], "the staging directory is gone after publishing"
+    for name in ("detector/saved_model.pb", "model_card.json", "metrics.json", "test_scores.npz",
+                 "report/index.html", "report/loss.png"):
+        assert files.exists(files.join(trained.version_directory, name)), name
+    assert not files.exists(files.join(trained.version_directory, export.WORK_DIRECTORY))
+    assert files.read_json(files.join(trained.version_directory, "model_card.json")) == trained.summary
+    assert len(files.read_text(trained.errors_path).splitlines()) == len(BAD_ROWS)
+    archive = np.load(io.BytesIO(files.read_bytes(files.join(trained.version_directory, export.TEST_SCORES_FILE))))
+    detector = load_detector(f"{root}/ecg")
+    assert detector.version == "1" and detector.threshold == pytest.approx(trained.summary["threshold"]["value"])
+
+    result = score.run(["--model", f"{root}/ecg", "--data", sample_with_bad_rows, "--out", f"{root}/out/scores.csv"],
+                       test_pipeline=_test_pipeline())
+    assert result.scored_rows == 500 and result.bad_rows == len(BAD_ROWS)
+    assert files.list_directory(f"{root}/out") == ["scores.csv", "scores.csv.errors.jsonl"]
+    scores = score.read_scores(result.out)
+    positions = np.searchsorted(scores["index"], archive["row_number"])
+    np.testing.assert_allclose(scores["reconstruction_error"][positions], archive["reconstruction_error"], rtol=1e-6)
+    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    assert result.metrics["beats"] == 500 and result.metrics["roc_auc"] > 0.9

@@ -7,18 +7,15 @@ TensorFlow's protobufs hold the TFRecord examples; every problem with one image 
 ``models.images.noise``, PSNR/SSIM in ``models.images.quality`` and whole image sets in
 ``models.images.sets``.
 
-Array files (``.npy`` and the members of ``.npz``) are read and written a range of rows at a time
-through their headers, so a job's memory does not depend on the size of the file.
+Array files (``.npy`` and the members of ``.npz``) are read and written by row ranges in
+``models.images.arrays``.
 """
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import io
 import logging
 import os
-import zipfile
 
 import numpy as np
 
@@ -214,138 +211,3 @@ def parse_example(serialized: bytes) -> dict:
     return {"key": key.decode("utf-8", "replace") if key is not None else None, "encoded": encoded,
             "format": image_format.decode("utf-8", "replace") if image_format else "png",
             "clean_encoded": first_bytes(CLEAN_ENCODED_FEATURE)}
-
-
-# ------------------------------------------------------------------------------------ array files
-
-
-@dataclasses.dataclass(frozen=True)
-class ArrayHeader:
-    """Where the rows of an ``.npy`` stream start and what they hold."""
-
-    shape: tuple
-    dtype: str
-    data_offset: int
-
-    @property
-    def count(self) -> int:
-        """Number of rows (images)."""
-        return int(self.shape[0])
-
-    @property
-    def row_bytes(self) -> int:
-        """Bytes per row."""
-        return int(np.prod(self.shape[1:], dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-
-def read_array_header(stream) -> ArrayHeader:
-    """Parses the header of an ``.npy`` stream positioned at its start (C order, no objects)."""
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-    elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-    else:
-        header_length = int.from_bytes(stream.read(4), "little")
-        fields = ast.literal_eval(stream.read(header_length).decode("utf-8"))
-        shape, fortran_order, dtype = fields["shape"], fields["fortran_order"], np.dtype(fields["descr"])
-    if fortran_order:
-        raise ValueError("Fortran-ordered arrays are not supported; save with np.save(np.ascontiguousarray(x))")
-    if dtype.hasobject:
-        raise ValueError("object arrays are not supported")
-    return ArrayHeader(shape=tuple(int(size) for size in shape), dtype=dtype.str, data_offset=stream.tell())
-
-
-def check_image_array_shape(shape: tuple, source: str) -> None:
-    """Refuses arrays that are not ``(N, H, W)`` or ``(N, H, W, 1|3)`` with a clear message."""
-    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in SUPPORTED_CHANNELS):
-        raise ValueError(f"{source}: expected images shaped (count, height, width) or (count, height, width, 1|3), "
-                         f"got {shape}")
-    if shape[1] == 0 or shape[2] == 0:
-        raise ValueError(f"{source}: zero-size images {shape[1]}x{shape[2]}")
-
-
-def read_array_rows(stream, header: ArrayHeader, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of an ``.npy`` stream (seekable), read without loading the rest."""
-    stop = min(stop, header.count)
-    if start >= stop:
-        return np.zeros((0,) + header.shape[1:], dtype=header.dtype)
-    stream.seek(header.data_offset + start * header.row_bytes)
-    data = stream.read((stop - start) * header.row_bytes)
-    if len(data) != (stop - start) * header.row_bytes:
-        raise ValueError(f"array file truncated: expected rows {start}:{stop} of {header.count}")
-    return np.frombuffer(data, dtype=header.dtype).reshape((stop - start,) + header.shape[1:])
-
-
-def npz_member_name(path: str, key: str | None) -> str:
-    """The member of an ``.npz`` holding ``key`` (default: ``images``, ``x``, ``x_test`` or the only one)."""
-    with zipfile.ZipFile(path) as archive:
-        names = [name[:-len(".npy")] for name in archive.namelist() if name.endswith(".npy")]
-    if key is not None:
-        if key not in names:
-            raise ValueError(f"{path} has no array {key!r}; arrays: {', '.join(names)}")
-        return key + ".npy"
-    for candidate in ("images", "x", "x_test", "x_train"):
-        if candidate in names:
-            return candidate + ".npy"
-    if len(names) == 1:
-        return names[0] + ".npy"
-    raise ValueError(f"{path} holds several arrays ({', '.join(names)}); choose one with --array_key")
-
-
-def open_array(path: str, key: str | None = None, open_fn=open):
-    """Opens the ``.npy`` rows of ``path`` (a ``.npy`` file or a member of an ``.npz``) as a seekable stream.
-
-    ``open_fn`` opens ``.npy`` files (``.npz`` archives are local files). Returns ``(stream,
-    archive_or_None)``; close both when done.
-    """
-    if path.lower().endswith(".npz"):
-        archive = zipfile.ZipFile(path)
-        member = npz_member_name(path, key)
-        info = archive.getinfo(member)
-        if info.compress_type != zipfile.ZIP_STORED:
-            LOGGER.warning("%s is compressed (np.savez_compressed): reading ranges decompresses from the start; "
-                           "np.savez files read faster", path)
-        return archive.open(member), archive
-    return open_fn(path, "rb"), None
-
-
-def create_array_file(path: str, shape: tuple, dtype) -> ArrayHeader:
-    """Creates an ``.npy`` file of ``shape`` filled with zeros (sparse on disk) for ``write_array_rows``."""
-    dtype = np.dtype(dtype)
-    with open(path, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                      "fortran_order": False, "shape": tuple(shape)})
-        offset = handle.tell()
-        handle.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-    return ArrayHeader(shape=tuple(shape), dtype=dtype.str, data_offset=offset)
-
-
-def write_array_rows(descriptor: int, header: ArrayHeader, start: int, rows: np.ndarray) -> None:
-    """Writes ``rows`` at row ``start`` of a file made by ``create_array_file`` (``os.pwrite``, no seeking)."""
-    rows = np.ascontiguousarray(rows, dtype=header.dtype)
-    if rows.shape[1:] != header.shape[1:] or start < 0 or start + len(rows) > header.count:
-        raise ValueError(f"rows {start}:{start + len(rows)} of shape {rows.shape[1:]} do not fit {header.shape}")
-    os.pwrite(descriptor, rows.tobytes(), header.data_offset + start * header.row_bytes)
-
-
-def array_rows_to_unit_float(rows: np.ndarray) -> list:
-    """Converts each row of an array to a [0, 1] float image, or to the ``ImageError`` it raises."""
-    converted = []
-    for row in rows:
-        try:
-            converted.append(to_unit_float(row))
-        except ImageError as error:
-            converted.append(error)
-    return converted
-
-
-def from_unit_float(images: np.ndarray, dtype) -> np.ndarray:
-    """Converts [0, 1] floats back to ``dtype`` (uint8/uint16 rescaled, floats as they are)."""
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8:
-        return to_uint8(images)
-    if dtype == np.uint16:
-        return np.clip(np.rint(np.asarray(images, np.float32) * SIXTEEN_BIT_MAXIMUM), 0,
-                       SIXTEEN_BIT_MAXIMUM).astype(np.uint16)
-    return np.asarray(images, dtype=dtype)

@@ -1,0 +1,145 @@
+"""Writers of `heartwatch denoise run`: denoised images in their input's form, metrics rows, the summary.
+
+* ``WriteImageFiles``: each image to ``<directory>/<relative path>`` through Beam's ``FileSystems``,
+  encoded like its input (PNG or JPEG).
+* ``WriteArrayRows``: each image into its row of a pre-sized ``.npy`` (a local memory map, see
+  ``models.images.arrays``), in the input's dtype.
+* ``tfrecord_example`` and ``metrics_row``: the lines Beam's ``WriteToTFRecord`` / ``WriteToText``
+  sinks write.
+* ``SummaryFn`` combines the per-image metrics into counts and means; ``WriteReport`` draws the
+  comparison grid once everything is done and passes the summary on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from models.common import files
+from models.images import arrays
+from models.images import io as image_tools
+from pipeline.denoise_read import METRICS_NAMESPACE
+from pipeline.denoise_steps import METRIC_NAMES
+
+CSV_COLUMNS = ("key", "height", "width", "channels") + METRIC_NAMES
+
+
+class WriteImageFiles(beam.DoFn):
+    """Writes each denoised image to ``<directory>/<relative path>`` in its input's format."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def setup(self):
+        self.written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_written")
+
+    def process(self, record: dict):
+        path = files.join(self.directory, record["position"])
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(image_tools.encode_image(record["denoised"], record["format"] or "png"))
+        self.written.inc()
+
+
+class WriteArrayRows(beam.DoFn):
+    """Writes each denoised image into its row of a pre-sized local ``.npy`` file, in the input's dtype."""
+
+    def __init__(self, path: str, header: arrays.ArrayHeader):
+        self.path = path
+        self.header = header
+
+    def setup(self):
+        self.written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_written")
+        self.array = arrays.open_array_for_writing(self.path)
+
+    def process(self, record: dict):
+        row = arrays.from_unit_float(record["denoised"], self.header.dtype).reshape(self.header.shape[1:])
+        arrays.write_rows(self.array, record["position"], row[np.newaxis])
+        self.written.inc()
+
+    def teardown(self):
+        self.array.flush()
+        self.array = None
+
+
+def tfrecord_example(record: dict) -> bytes:
+    """The serialized output Example of one denoised image (PNG encoded)."""
+    return image_tools.make_example(record["key"], image_tools.encode_image(record["denoised"], "png"), "png")
+
+
+def metrics_row(record: dict) -> str:
+    """One CSV line of ``metrics.csv``."""
+    height, width, channels = record["denoised"].shape
+    values = [record["metrics"][name] for name in METRIC_NAMES]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(
+        [record["key"], height, width, channels] + ["" if value is None else f"{value:.6g}" for value in values])
+    return buffer.getvalue()
+
+
+class SummaryFn(beam.CombineFn):
+    """Counts denoised images and averages their metrics (identical images, PSNR = inf, counted apart)."""
+
+    def create_accumulator(self):
+        return {"denoised": 0, "with_reference": 0, "identical": 0, "finite_psnr": 0,
+                **{f"sum_{name}": 0.0 for name in METRIC_NAMES}}
+
+    def add_input(self, accumulator, metrics):
+        accumulator["denoised"] += 1
+        if metrics["denoised_psnr"] is None:
+            return accumulator
+        accumulator["with_reference"] += 1
+        for name in ("noisy_ssim", "denoised_ssim"):
+            accumulator[f"sum_{name}"] += metrics[name]
+        if np.isfinite(metrics["noisy_psnr"]) and np.isfinite(metrics["denoised_psnr"]):
+            accumulator["finite_psnr"] += 1
+            accumulator["sum_noisy_psnr"] += metrics["noisy_psnr"]
+            accumulator["sum_denoised_psnr"] += metrics["denoised_psnr"]
+        else:
+            accumulator["identical"] += 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            for name, value in accumulator.items():
+                merged[name] += value
+        return merged
+
+    def extract_output(self, accumulator):
+        return summarise_metrics(accumulator)
+
+
+def summarise_metrics(accumulator: dict) -> dict:
+    """Means from ``SummaryFn``'s sums (None where nothing was measured)."""
+    references, finite = accumulator["with_reference"], accumulator["finite_psnr"]
+    summary = {"denoised_images": accumulator["denoised"], "images_with_reference": references,
+               "images_with_infinite_psnr": accumulator["identical"]}
+    for name in METRIC_NAMES:
+        count = finite if name.endswith("psnr") else references
+        summary[f"mean_{name}"] = accumulator[f"sum_{name}"] / count if count else None
+    if summary["mean_denoised_psnr"] is not None:
+        summary["mean_psnr_gain"] = summary["mean_denoised_psnr"] - summary["mean_noisy_psnr"]
+    return summary
+
+
+class WriteReport(beam.DoFn):
+    """Draws the comparison grid once everything is done; yields the summary with the error count."""
+
+    def __init__(self, grid_path: str):
+        self.grid_path = grid_path
+
+    def process(self, _, summary, error_count, samples):
+        from pipeline.denoise_figures import save_comparison_grid
+
+        if samples:
+            clean = [sample[3] for sample in samples]
+            save_comparison_grid(self.grid_path, [sample[1] for sample in samples], [sample[2] for sample in samples],
+                                 clean if all(image is not None for image in clean) else None,
+                                 titles=[sample[0] for sample in samples])
+        summary = dict(summary, bad_images=int(error_count))
+        yield summary
