@@ -4,7 +4,8 @@ Each subcommand maps to its flag dataclass in a light config module (``pipeline.
 ``streaming.config``: standard library only), so ``heartwatch SUB --help`` and flag errors answer
 before TensorFlow is imported. Once the flags pass that fast check, the job module is imported and
 ``run(argv)`` parses them again, with the checks that need TensorFlow or Keras; ``report(result)``
-in the same module, when present, prints what a person wants to see at the end. Usage errors print
+in the same module, when present, returns the text a person wants to see at the end, and the CLI
+prints it (library code logs, it never prints). Usage errors print
 one line, ``heartwatch SUB: error: ...``, and exit with status 2.
 
 Unless ``TF_CPP_MIN_LOG_LEVEL`` is set or ``HEARTWATCH_LOG_LEVEL=DEBUG`` asks for everything,
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as error:
         return _error(prog, error)
     if hasattr(module, "report"):
-        module.report(result)
+        print(module.report(result))
     return 0
 
 

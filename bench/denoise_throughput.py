@@ -47,9 +47,9 @@ def peak_rss_megabytes() -> float:
 
 def measure_predict(model_directory: str, array_path: str, batch_size: int) -> dict:
     """Plain Keras: load, warm up, then time ``model.predict`` over the whole in-memory float array."""
-    from models.training.denoising import load_denoiser
+    from models.family import registry
 
-    model = load_denoiser(os.path.join(model_directory, "model.keras"))
+    model = registry.load(os.path.join(model_directory, "model.keras"))
     images = (np.load(array_path).astype(np.float32) / 255.0)[..., np.newaxis]
     model.predict(images[:batch_size], batch_size=batch_size, verbose=0)
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def main() -> None:
             rows[("beam", count)] = in_subprocess("beam", *common, "--out", os.path.join(scratch, f"out_{count}"))
             os.remove(path)
     print(f"{'measurement':<34}{'images':>9}{'seconds':>10}{'images/s':>11}{'peak RSS MiB':>14}")
-    for (kind, count), row in rows.items():
+    for (kind, _), row in rows.items():
         label = "model.predict (in memory)" if kind == "predict" else "heartwatch denoise run (Beam)"
         print(f"{label:<34}{row['images']:>9}{row['seconds']:>10.2f}{row['images'] / row['seconds']:>11.0f}"
               f"{row['peak_rss_mb']:>14.0f}")

@@ -174,21 +174,23 @@ def run_job(argv=None, test_pipeline=None) -> DenoiseRunResult:
                             grid_path=grid_path if files.exists(grid_path) else None, summary=summary)
 
 
-def report_job(result: DenoiseRunResult) -> None:
-    """Prints counts, mean metrics and where everything went."""
+def report_job(result: DenoiseRunResult) -> str:
+    """Counts, mean metrics and where everything went, as text."""
+    lines = []
     summary = result.summary
-    print(f"denoised: {summary['denoised_images']} images -> {result.output_path} "
-          f"({summary['images_per_second']} images/s with {summary['model_name']})")
-    print(f"bad images: {summary['bad_images']} -> {result.errors_path}; skipped non-image files: "
-          f"{summary['skipped_files']}")
-    print(f"per-image metrics: {result.metrics_path}; summary: {result.summary_path}")
+    lines.append(f"denoised: {summary['denoised_images']} images -> {result.output_path} "
+                 f"({summary['images_per_second']} images/s with {summary['model_name']})")
+    lines.append(f"bad images: {summary['bad_images']} -> {result.errors_path}; skipped non-image files: "
+                 f"{summary['skipped_files']}")
+    lines.append(f"per-image metrics: {result.metrics_path}; summary: {result.summary_path}")
     if summary["mean_denoised_psnr"] is not None:
-        print(f"against {summary['images_with_reference']} clean references: PSNR noisy "
-              f"{summary['mean_noisy_psnr']:.2f} dB -> denoised {summary['mean_denoised_psnr']:.2f} dB "
-              f"({summary['mean_psnr_gain']:+.2f} dB); SSIM {summary['mean_noisy_ssim']:.3f} -> "
-              f"{summary['mean_denoised_ssim']:.3f}")
+        lines.append(f"against {summary['images_with_reference']} clean references: PSNR noisy "
+                     f"{summary['mean_noisy_psnr']:.2f} dB -> denoised {summary['mean_denoised_psnr']:.2f} dB "
+                     f"({summary['mean_psnr_gain']:+.2f} dB); SSIM {summary['mean_noisy_ssim']:.3f} -> "
+                     f"{summary['mean_denoised_ssim']:.3f}")
     if result.grid_path:
-        print(f"comparison grid: {result.grid_path}")
+        lines.append(f"comparison grid: {result.grid_path}")
+    return "\n".join(lines)
 
 
 def run(argv=None, test_pipeline=None):
@@ -208,11 +210,11 @@ def run(argv=None, test_pipeline=None):
     return run_job(argv[1:], test_pipeline)
 
 
-def report(result) -> None:
-    """Prints the summary of whichever subcommand ran (the CLI calls this)."""
+def report(result) -> str:
+    """The summary of whichever action ran, as text (the CLI prints it)."""
     from pipeline.denoise_train import DenoiseTrainResult, report_training
 
     if isinstance(result, DenoiseTrainResult):
-        report_training(result)
+        return report_training(result)
     else:
-        report_job(result)
+        return report_job(result)

@@ -2,7 +2,7 @@
 
 ``PrepareImages`` matches the model's channels and, for evaluation runs, adds seeded noise (the input
 then becomes the clean reference). ``DenoiserModelHandler`` is the ``RunInference`` handler: it loads
-the exported ``model.keras`` with ``load_denoiser`` and denoises a batch of any image sizes with
+the exported ``model.keras`` with ``models.family.registry.load`` and denoises a batch of any image sizes with
 ``denoise_batch``. ``evaluate_prediction`` turns each result into the output record with its
 PSNR/SSIM against the clean reference.
 """
@@ -89,9 +89,9 @@ class DenoiserModelHandler(ModelHandler):
         self.batch_size = batch_size
 
     def load_model(self):
-        from models.training.denoising import load_denoiser
+        from models.family import registry
 
-        return load_denoiser(self.model_path)
+        return registry.load(self.model_path)
 
     def run_inference(self, batch, model, inference_args=None):
         denoised = denoise_batch(model, [record["image"] for record in batch])

@@ -173,14 +173,18 @@ def run_training(argv=None) -> DenoiseTrainResult:
                               grid_path=files.join(directory, GRID_FILE), card={**card, "version": str(version)})
 
 
-def report_training(result: DenoiseTrainResult) -> None:
-    """Prints where the denoiser went and its held-out metrics."""
+def report_training(result: DenoiseTrainResult) -> str:
+    """Where the denoiser went and its held-out metrics, as text."""
+    lines = []
     card = result.card
     test = card["metrics"]["test"]
-    print(f"denoiser: {result.model_path} ({card['model']['name']}, {card['model']['parameter_count']} parameters, "
-          f"version {card['version']})")
-    print(f"model card: {files.join(result.version_directory, artifacts.MODEL_CARD_FILE)}")
-    print(f"comparison grid: {result.grid_path}")
-    print(f"noise {card['noise']['spec']}; {card['training']['epochs_run']} epochs, best {card['training']['best_epoch']}")
-    print(f"held-out ({test['images']} images): PSNR noisy {test['noisy_psnr']:.2f} dB -> denoised "
-          f"{test['denoised_psnr']:.2f} dB; SSIM {test['noisy_ssim']:.3f} -> {test['denoised_ssim']:.3f}")
+    model = card["model"]
+    lines.append(f"denoiser: {result.model_path} ({model['name']}, {model['parameter_count']} parameters, "
+                 f"version {card['version']})")
+    lines.append(f"model card: {files.join(result.version_directory, artifacts.MODEL_CARD_FILE)}")
+    lines.append(f"comparison grid: {result.grid_path}")
+    training = card["training"]
+    lines.append(f"noise {card['noise']['spec']}; {training['epochs_run']} epochs, best {training['best_epoch']}")
+    lines.append(f"held-out ({test['images']} images): PSNR noisy {test['noisy_psnr']:.2f} dB -> denoised "
+                 f"{test['denoised_psnr']:.2f} dB; SSIM {test['noisy_ssim']:.3f} -> {test['denoised_ssim']:.3f}")
+    return "\n".join(lines)

@@ -113,7 +113,8 @@ class ExportDetector(beam.DoFn):
             report.write_report(
                 files.join(self.staging_directory, REPORT_DIRECTORY), card=card, history=best["history"],
                 test_beats=test_beats, test_labels=test_labels, test_scores=test_scores,
-                normalize=lambda beats: transform(beats).numpy(), reconstruct=lambda x: model(x, training=False).numpy())
+                normalize=lambda beats: transform(beats).numpy(),
+                reconstruct=lambda inputs: model(inputs, training=False).numpy())
         artifacts.write_card(self.staging_directory, card)
         LOGGER.info("exported the detector into %s", self.staging_directory)
         yield card

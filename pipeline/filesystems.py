@@ -37,65 +37,6 @@ def renames_directories(path: str) -> bool:
     return not str(path).startswith(f"{RAM_SCHEME}://")
 
 
-def is_file(path: str) -> bool:
-    """True when a file (not a directory) exists at ``path``."""
-    return files.exists(path) and not files.is_directory(path)
-
-
-def is_directory(path: str) -> bool:
-    """True when ``path`` is a directory that exists.
-
-    TensorFlow's ``ram://`` calls every string prefix of an existing name a directory (``out/scores.csv``
-    "is a directory" while ``out/scores.csv.errors.jsonl`` exists), so a directory counts only when its
-    parent lists it (directories made by ``make_directories``, which this filesystem makes for every
-    file it creates, are listed).
-    """
-    if not files.is_directory(path):
-        return False
-    scheme, rest = FileSystem._split_scheme(str(path).rstrip("/"))
-    parent, name = posixpath.split(rest)
-    if scheme != RAM_SCHEME or not parent:
-        return True
-    try:
-        return name in files.list_directory(f"{scheme}://{parent}")
-    except tf.errors.NotFoundError:
-        return False
-
-
-def exists(path: str) -> bool:
-    """True when a file or a directory exists at ``path`` (not a mere prefix of another name on ``ram://``)."""
-    return is_file(path) or is_directory(path)
-
-
-def walk_files(directory: str) -> list[str]:
-    """Every file below ``directory``, sorted; names that are only prefixes on ``ram://`` are left out.
-
-    (TensorFlow's ``ram://`` lists ``copy.csv`` as an entry ``.csv`` of ``copy``.)
-    """
-    found = []
-    for name in files.list_directory(directory):
-        path = files.join(directory, name)
-        if is_directory(path):
-            found += walk_files(path)
-        elif is_file(path):
-            found.append(path)
-    return sorted(found)
-
-
-def remove(path: str) -> None:
-    """Deletes a file, or a directory with everything below it; nothing when it is missing.
-
-    Entry by entry: TensorFlow's recursive delete trips over the prefix names ``ram://`` lists (and
-    ``ram://`` deletes a directory entry like a file).
-    """
-    if is_file(path):
-        files.remove(path)
-        return
-    if not is_directory(path):
-        return
-    for name in files.list_directory(path):
-        remove(files.join(path, name))
-    tf.io.gfile.remove(path)
 
 
 class RamFileSystem(FileSystem):
@@ -120,7 +61,7 @@ class RamFileSystem(FileSystem):
 
     def mkdirs(self, path):
         """Creates ``path`` and its parents; IOError when it already exists (as Beam's local filesystem)."""
-        if exists(path):
+        if files.exists(path):
             raise OSError(f"{path} already exists")
         files.make_directories(path)
 
@@ -130,10 +71,10 @@ class RamFileSystem(FileSystem):
 
     def _list(self, dir_or_prefix):
         """Metadata of every file below a directory (recursive, like the local filesystem)."""
-        if not is_directory(dir_or_prefix):
+        if not files.is_directory(dir_or_prefix):
             return
         try:
-            for path in walk_files(dir_or_prefix):
+            for path in files.walk_files(dir_or_prefix):
                 yield self.metadata(path)
         except Exception as error:  # noqa: BLE001 - Beam reports listing failures as BeamIOError
             raise BeamIOError("List operation failed", {dir_or_prefix: error}) from error
@@ -144,14 +85,14 @@ class RamFileSystem(FileSystem):
         An existing file is removed first: TensorFlow's ``ram://`` appends to a file opened for writing
         instead of truncating it.
         """
-        if is_file(path):
-            remove(path)
+        if files.is_file(path):
+            files.remove(path)
         _make_parent(path)
         return self._wrap(_WriteChannel(files.open_file(path, "wb")), path, compression_type)
 
     def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
         """A read channel for ``path``; FileNotFoundError when there is no such file (as the local filesystem)."""
-        if not is_file(path):
+        if not files.is_file(path):
             raise FileNotFoundError(f"no such file: {path}")
         return self._wrap(files.open_binary(path), path, compression_type)
 
@@ -185,26 +126,26 @@ class RamFileSystem(FileSystem):
 
     def exists(self, path):
         """True when a file or directory exists at ``path``."""
-        return exists(path)
+        return files.exists(path)
 
     def size(self, path):
         """Size of a file in bytes (0 for a directory)."""
         try:
-            return 0 if is_directory(path) else files.size(path)
+            return 0 if files.is_directory(path) else files.size(path)
         except Exception as error:  # noqa: BLE001 - Beam reports it as BeamIOError
             raise BeamIOError("Size operation failed", {path: error}) from error
 
     def last_updated(self, path):
         """Modification time in seconds since the epoch (``ram://`` keeps none: 0.0)."""
-        if not exists(path):
+        if not files.exists(path):
             raise BeamIOError(f"Path does not exist: {path}")
-        if is_directory(path):
+        if files.is_directory(path):
             return 0.0
         return files.stat_signature(path)[1] / 1e9
 
     def checksum(self, path):
         """Size and CRC-32 of the content: tells a rewritten file of the same size from the old one."""
-        if not is_file(path):
+        if not files.is_file(path):
             raise BeamIOError(f"Path does not exist or is a directory: {path}")
         crc = 0
         with files.open_binary(path) as handle:
@@ -214,7 +155,7 @@ class RamFileSystem(FileSystem):
 
     def metadata(self, path):
         """``FileMetadata`` (path, size, modification time) of ``path``."""
-        if not exists(path):
+        if not files.exists(path):
             raise BeamIOError(f"Path does not exist: {path}")
         return FileMetadata(path, self.size(path), self.last_updated(path))
 
@@ -226,7 +167,7 @@ class RamFileSystem(FileSystem):
                 failures[result.pattern] = OSError(f"No files found to delete under: {result.pattern}")
             for metadata in result.metadata_list:
                 try:
-                    remove(metadata.path)
+                    files.remove(metadata.path)
                 except Exception as error:
                     failures[metadata.path] = error
         if failures:
@@ -274,13 +215,13 @@ def _make_parent(path: str) -> None:
 
 def _copy_tree(source: str, destination: str) -> None:
     """Copies a file, or every file of a directory tree, to ``destination`` (replacing what is there)."""
-    remove(destination)
-    if not is_directory(source):
+    files.remove(destination)
+    if not files.is_directory(source):
         _make_parent(destination)
         files.copy(source, destination)
         return
     files.make_directories(destination)
-    for path in walk_files(source):
+    for path in files.walk_files(source):
         target = files.join(destination, path[len(source):].lstrip("/"))
         files.make_directories(files.dirname(target))
         files.copy(path, target)
@@ -289,9 +230,9 @@ def _copy_tree(source: str, destination: str) -> None:
 def _move(source: str, destination: str) -> None:
     """Renames a file (replacing the destination); directories are copied, then removed (``ram://``
     renames a directory entry without its contents)."""
-    if is_directory(source):
+    if files.is_directory(source):
         _copy_tree(source, destination)
-        remove(source)
+        files.remove(source)
         return
     _make_parent(destination)
     tf.io.gfile.rename(source, destination, overwrite=True)

@@ -173,8 +173,11 @@ def run(argv=None, test_pipeline=None) -> ScoreResult:
                        bad_rows=bad_rows, metrics=result_metrics)
 
 
-def report(result: ScoreResult) -> None:
-    """Prints where the scores went (the CLI calls this)."""
-    print(f"scores: {result.out} ({result.scored_rows} beats); bad rows: {result.bad_rows} -> {result.errors_path}")
+def report(result: ScoreResult) -> str:
+    """Where the scores went, and the metrics of labelled data, as text (the CLI prints it)."""
+    lines = []
+    lines.append(f"scores: {result.out} ({result.scored_rows} beats); "
+                 f"bad rows: {result.bad_rows} -> {result.errors_path}")
     if result.metrics:
-        print(format_metrics(result.metrics))
+        lines.append(format_metrics(result.metrics))
+    return "\n".join(lines)

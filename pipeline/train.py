@@ -142,9 +142,6 @@ def publish_version(root: artifacts.ArtifactRoot, staging_directory: str, config
     from models.detection.detector import SAVED_MODEL_DIRECTORY
 
     card = artifacts.read_card(staging_directory)
-    # publish writes the numbered card; a file rewritten on ram:// is appended to, not replaced (TensorFlow's
-    # in-memory filesystem), so the staged card goes first.
-    files.remove(files.join(staging_directory, artifacts.MODEL_CARD_FILE))
     version, directory = root.publish(staging_directory, card)
     return TrainResult(version_directory=directory,
                        detector_directory=files.join(directory, SAVED_MODEL_DIRECTORY),
@@ -178,16 +175,18 @@ def run(argv=None, test_pipeline=None) -> TrainResult:
         raise
 
 
-def report(result: TrainResult) -> None:
-    """Prints where the detector, report and bad rows went, and the test metrics (the CLI calls this)."""
+def report(result: TrainResult) -> str:
+    """Where the detector, report and bad rows went, and the test metrics, as text (the CLI prints it)."""
+    lines = []
     card = result.summary
-    print(f"detector: {result.detector_directory} (version {card['version']})")
-    print(f"model card: {files.join(result.version_directory, artifacts.MODEL_CARD_FILE)}")
-    print(f"report: {result.report_path}")
-    print(f"bad rows: {card['data']['bad_rows']} -> {result.errors_path}")
-    print(f"selected model: {card['model']['name']} ({card['model']['parameter_count']} parameters); "
-          f"threshold {card['threshold']['value']:.6f} by {card['threshold']['method']}")
+    lines.append(f"detector: {result.detector_directory} (version {card['version']})")
+    lines.append(f"model card: {files.join(result.version_directory, artifacts.MODEL_CARD_FILE)}")
+    lines.append(f"report: {result.report_path}")
+    lines.append(f"bad rows: {card['data']['bad_rows']} -> {result.errors_path}")
+    lines.append(f"selected model: {card['model']['name']} ({card['model']['parameter_count']} parameters); "
+                 f"threshold {card['threshold']['value']:.6f} by {card['threshold']['method']}")
     if card.get("test_metrics"):
-        print(format_metrics(card["test_metrics"]))
+        lines.append(format_metrics(card["test_metrics"]))
         for name, item in card["test_metrics"]["detection_rate_by_class"].items():
-            print(f"  class {name}: flagged {item['flagged']}/{item['beats']} ({item['detection_rate']:.3f})")
+            lines.append(f"  class {name}: flagged {item['flagged']}/{item['beats']} ({item['detection_rate']:.3f})")
+    return "\n".join(lines)

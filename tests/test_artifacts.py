@@ -71,9 +71,6 @@ def test_concurrent_publishers_get_different_numbers(tmp_path):
     assert root.versions() == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.xfail(strict=True, reason="models.common.files.write_bytes appends to an existing ram:// file "
-                   "(TensorFlow's in-memory GFile does not truncate on 'wb'), so publish's write_card over a staged "
-                   "card leaves two JSON documents; fix: remove the file before writing")
 def test_publish_replaces_a_staged_card_on_ram():
     root = artifacts.ArtifactRoot(f"ram://{uuid.uuid4().hex}/models", MARKER)
     staging = _stage(root, "payload")
@@ -82,10 +79,6 @@ def test_publish_replaces_a_staged_card_on_ram():
     assert artifacts.read_card(directory) == {"name": "published", "version": "1"}
 
 
-@pytest.mark.xfail(strict=True, reason="models.common.files.walk_files/list_directory on ram:// list the prefix names "
-                   "TensorFlow's in-memory filesystem reports (staging/model lists '_card.json' of model_card.json), "
-                   "so ArtifactRoot._copy_marker_last copies a file that does not exist; fix: keep only entries that "
-                   "exist (pipeline.filesystems.walk_files does)")
 def test_publish_on_ram_copies_trees_whose_names_share_a_prefix():
     root = artifacts.ArtifactRoot(f"ram://{uuid.uuid4().hex}/models", "model/marker.bin")
     staging = root.staging_directory()

@@ -95,7 +95,7 @@ def test_denoisers_survive_keras_save_and_load(tmp_path):
         path = str(tmp_path / f"{name}.keras")
         model(batch)
         model.save(path)
-        loaded = denoising.load_denoiser(path)
+        loaded = registry.load(path)
         assert type(loaded) is type(model) and loaded.config == model.config
         np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
 
@@ -271,7 +271,7 @@ def test_train_export_run_round_trip_on_an_image_directory(exported, image_direc
     assert (wide["height"], wide["width"]) == ("21", "19") and float(wide["denoised_ssim"]) > float(wide["noisy_ssim"])
     assert result.grid_path and os.path.exists(result.grid_path)
 
-    model = denoising.load_denoiser(exported.model_path)
+    model = registry.load(exported.model_path)
     clean = images.decode_image((image_directory / "img2.png").read_bytes())
     noisy = noise.gaussian_noise(clean, 0.2, denoise_steps.noise_rng(11, "img2.png"))
     expected = images.to_uint8(model.predict(noisy[np.newaxis], verbose=0)[0])[:, :, 0]
@@ -285,7 +285,7 @@ def test_round_trip_on_arrays_and_tfrecords_through_the_cli(exported, tmp_path, 
     clean = sets.synthetic_images(7, IMAGE_SIZE, seed=21)
     array = images.to_uint8(clean[..., 0])
     np.save(tmp_path / "set.npy", array)
-    model = denoising.load_denoiser(exported.model_path)
+    model = registry.load(exported.model_path)
     expected = images.to_uint8(model.predict(array[..., np.newaxis].astype(np.float32) / 255.0, verbose=0))[..., 0]
 
     status = heartwatch_cli.main(["denoise", "run", "--input", str(tmp_path / "set.npy"), "--model",

@@ -66,14 +66,14 @@ def test_match_copy_rename_delete(root):
         [f"{root}/y.csv"]]
     assert matched[2].metadata_list[0].size_in_bytes == len(b"y.csv")
     FileSystems.copy([f"{root}/x", f"{root}/y.csv"], [f"{root}/copy", f"{root}/copy.csv"])
-    assert filesystems.walk_files(f"{root}/copy") == [f"{root}/copy/{name}" for name in ("1.txt", "2.txt", "sub/3.txt")]
+    assert files.walk_files(f"{root}/copy") == [f"{root}/copy/{name}" for name in ("1.txt", "2.txt", "sub/3.txt")]
     assert _read(f"{root}/copy.csv") == b"y.csv"
     FileSystems.rename([f"{root}/copy", f"{root}/copy.csv"], [f"{root}/moved", f"{root}/x/1.txt"])
     assert not FileSystems.exists(f"{root}/copy") and not FileSystems.exists(f"{root}/copy.csv")
     assert _read(f"{root}/moved/sub/3.txt") == b"x/sub/3.txt", "a directory moves with its contents"
     assert _read(f"{root}/x/1.txt") == b"y.csv", "rename replaces an existing file"
     FileSystems.delete([f"{root}/moved", f"{root}/x/*.txt"])
-    assert not FileSystems.exists(f"{root}/moved") and filesystems.walk_files(f"{root}/x") == [f"{root}/x/sub/3.txt"]
+    assert not FileSystems.exists(f"{root}/moved") and files.walk_files(f"{root}/x") == [f"{root}/x/sub/3.txt"]
     with pytest.raises(BeamIOError):
         FileSystems.delete([f"{root}/nothing-here"])
     FileSystems.mkdirs(f"{root}/new/dir")

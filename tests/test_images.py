@@ -195,45 +195,7 @@ def test_example_round_trip_and_bad_records():
         images.parse_example(tf.train.Example().SerializeToString())
 
 
-def test_array_rows_are_read_by_range_from_npy_and_npz(tmp_path):
-    array = np.arange(5 * 3 * 2, dtype=np.uint8).reshape(5, 3, 2)
-    np.save(tmp_path / "a.npy", array)
-    np.savez(tmp_path / "a.npz", other=np.zeros(2), images=array)
-    for name in ("a.npy", "a.npz"):
-        stream, archive = images.open_array(str(tmp_path / name))
-        header = images.read_array_header(stream)
-        assert header.shape == (5, 3, 2) and header.count == 5 and header.row_bytes == 6
-        np.testing.assert_array_equal(images.read_array_rows(stream, header, 3, 9), array[3:])
-        np.testing.assert_array_equal(images.read_array_rows(stream, header, 1, 2), array[1:2])
-        stream.close()
-        if archive:
-            archive.close()
-    with pytest.raises(ValueError, match="has no array 'x'"):
-        images.npz_member_name(str(tmp_path / "a.npz"), "x")
-    with open(tmp_path / "a.npy", "r+b") as handle:
-        handle.truncate(os.path.getsize(tmp_path / "a.npy") - 3)
-    with open(tmp_path / "a.npy", "rb") as stream:
-        with pytest.raises(ValueError, match="truncated"):
-            images.read_array_rows(stream, images.read_array_header(stream), 0, 5)
-
-
-def test_array_files_are_written_row_by_row(tmp_path):
-    path = str(tmp_path / "out.npy")
-    header = images.create_array_file(path, (4, 2, 3), np.float32)
-    descriptor = os.open(path, os.O_WRONLY)
-    images.write_array_rows(descriptor, header, 2, np.ones((2, 2, 3)))
-    with pytest.raises(ValueError, match="do not fit"):
-        images.write_array_rows(descriptor, header, 3, np.ones((2, 2, 3)))
-    os.close(descriptor)
-    written = np.load(path)
-    assert written.shape == (4, 2, 3) and written[:2].sum() == 0 and (written[2:] == 1).all()
-
-
-def test_image_array_shapes_and_formats_are_checked(tmp_path):
-    images.check_image_array_shape((3, 8, 8, 3), "x")
-    for shape in ((3, 8), (3, 8, 8, 2), (3, 0, 8)):
-        with pytest.raises(ValueError):
-            images.check_image_array_shape(shape, "x")
+def test_image_set_formats_are_detected(tmp_path):
     assert sets.detect_image_set_format(str(tmp_path)) == "images"
     assert sets.detect_image_set_format("a.NPZ") == "npz" and sets.detect_image_set_format("b.tfrecords") == "tfrecord"
     with pytest.raises(ValueError, match="cannot tell the format"):
@@ -304,11 +266,3 @@ def test_offline_data_sources_and_split():
         sets.split_indices(2, (0.4, 0.4), seed=0)
 
 
-def test_npz_member_defaults(tmp_path):
-    path = tmp_path / "several.npz"
-    np.savez(path, a=np.zeros(1), b=np.zeros(1))
-    with pytest.raises(ValueError, match="several arrays"):
-        images.npz_member_name(str(path), None)
-    assert images.npz_member_name(str(path), "b") == "b.npy"
-    with zipfile.ZipFile(path) as archive:
-        assert "a.npy" in archive.namelist()

@@ -9,6 +9,12 @@ this module, so a path means the same file to both layers.
 
 Nothing else in ``models/``, ``pipeline/`` or ``streaming/`` calls ``open()`` or ``os`` file functions
 on a path a user gave.
+
+TensorFlow's ``ram://`` filesystem matches directory names as plain string prefixes (with
+``ram://x/copy.csv`` present, ``ram://x/copy`` "exists" and lists ``.csv``), appends when a file is
+written again, and cannot delete a tree. Its glob is exact, so for ``ram://`` paths this module
+answers existence and listings through glob, deletes trees file by file and removes a file before
+rewriting it; other schemes go straight to ``tf.io.gfile``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import uuid
 import tensorflow as tf
 
 SCHEME_SEPARATOR = "://"
+RAM_SCHEME = "ram://"
+_GLOB_SPECIALS = "*?["
 
 
 def has_scheme(path: str) -> bool:
@@ -48,14 +56,31 @@ def dirname(path: str) -> str:
     return text.rsplit("/", 1)[0] if "/" in text else ""
 
 
+def _is_ram(path: str) -> bool:
+    return str(path).startswith(RAM_SCHEME)
+
+
+def _glob_escape(path: str) -> str:
+    return "".join(f"[{character}]" if character in _GLOB_SPECIALS else character for character in str(path))
+
+
 def exists(path: str) -> bool:
     """True when a file or directory exists at ``path``."""
+    if _is_ram(path):
+        return bool(tf.io.gfile.glob(_glob_escape(str(path).rstrip("/"))))
     return tf.io.gfile.exists(str(path))
 
 
 def is_directory(path: str) -> bool:
     """True when ``path`` is a directory."""
+    if _is_ram(path) and not exists(path):
+        return False
     return tf.io.gfile.isdir(str(path))
+
+
+def is_file(path: str) -> bool:
+    """True when a file (not a directory) exists at ``path``."""
+    return exists(path) and not is_directory(path)
 
 
 def make_directories(path: str) -> str:
@@ -68,6 +93,8 @@ def list_directory(path: str) -> list[str]:
     """Entry names directly under ``path`` (no trailing slashes), sorted; empty when it is missing."""
     if not is_directory(path):
         return []
+    if _is_ram(path):
+        return sorted(basename(entry) for entry in tf.io.gfile.glob(_glob_escape(str(path).rstrip("/")) + "/*"))
     return sorted(name.rstrip("/") for name in tf.io.gfile.listdir(str(path)))
 
 
@@ -79,8 +106,9 @@ def glob(pattern: str) -> list[str]:
 def walk_files(path: str) -> list[str]:
     """Every file below directory ``path``, sorted."""
     found = []
-    for folder, _, names in tf.io.gfile.walk(str(path)):
-        found += [join(folder, name) for name in names]
+    for name in list_directory(path):
+        entry = join(path, name)
+        found += walk_files(entry) if is_directory(entry) else [entry]
     return sorted(found)
 
 
@@ -124,12 +152,15 @@ def read_text(path: str) -> str:
 
 
 def write_bytes(path: str, data: bytes) -> str:
-    """Writes ``data`` to ``path`` (parents created); returns the path."""
+    """Writes ``data`` to ``path``, replacing any earlier file (parents created); returns the path."""
     parent = dirname(path)
     if parent:
         make_directories(parent)
+    if _is_ram(path) and exists(path):
+        remove(path)
     with open_file(path, "wb") as handle:
         handle.write(data)
+        handle.flush()
     return str(path)
 
 
@@ -150,6 +181,8 @@ def write_json(path: str, document, indent: int | None = 2) -> str:
 
 def copy(source: str, destination: str, overwrite: bool = True) -> str:
     """Copies one file; returns the destination."""
+    if _is_ram(destination) and overwrite and exists(destination):
+        remove(destination)
     tf.io.gfile.copy(str(source), str(destination), overwrite=overwrite)
     return str(destination)
 
@@ -161,9 +194,15 @@ def rename(source: str, destination: str) -> None:
 
 def remove(path: str) -> None:
     """Deletes a file, or a directory with everything below it; nothing when it is missing."""
-    if is_directory(path):
+    if not exists(path):
+        return
+    if not is_directory(path):
+        tf.io.gfile.remove(str(path))
+    elif not _is_ram(path):
         tf.io.gfile.rmtree(str(path))
-    elif exists(path):
+    else:
+        for name in list_directory(path):
+            remove(join(path, name))
         tf.io.gfile.remove(str(path))
 
 
