@@ -7,17 +7,21 @@ latency can be read off its events. Beats are spread over ``devices`` device ids
 ids are ``<row number>`` (``<row number>.<pass>`` when repeating).
 
 Rate control sleeps until each message's due time (``rate`` beats/s; 0 sends as fast as possible).
+Data files are read through the file layer (``open_data_file``), so ``--data`` may also be a ``gs://``
+or ``ram://`` path.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import sys
 import time
 
+from models.common import files
 from models.ecg.sources import DatasetSpec, LoadedDataset, load_dataset
-from streaming import codec
+from streaming import codec, topics
 from streaming.config import KafkaSettings, ReplayConfig, parse_config
 from streaming.kafka_clients import ensure_topics, make_producer
 from streaming.monitoring import quiet_kafka_logs
@@ -25,7 +29,6 @@ from streaming.monitoring import quiet_kafka_logs
 LOGGER = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.5
-DEFAULT_PARTITIONS = 4
 
 
 @dataclasses.dataclass
@@ -41,6 +44,17 @@ class ReplaySummary:
     def rate(self) -> float:
         """Achieved beats per second."""
         return self.published / self.seconds if self.seconds > 0 else 0.0
+
+
+def open_data_file(path: str, mode: str = "rb") -> io.BytesIO:
+    """The ``open_fn`` for ``models.ecg.sources``: the file read whole through the file layer, as a binary stream.
+
+    Replay holds the whole data set in memory anyway, and a ``BytesIO`` is the seekable, buffered
+    stream every reader there wants (text formats wrap it in ``io.TextIOWrapper``, parquet seeks).
+    """
+    if mode != "rb":
+        raise ValueError(f"data files are opened for binary reading only, got mode {mode!r}")
+    return io.BytesIO(files.read_bytes(path))
 
 
 def device_id_for(index: int, devices: int) -> str:
@@ -94,7 +108,7 @@ def publish(settings: KafkaSettings, topic: str, dataset: LoadedDataset, rate: f
     total = min(total, limit) if limit else total
     if total == 0:
         raise ValueError(f"nothing to publish: {dataset.source} has no valid beats")
-    ensure_topics(settings, {topic: DEFAULT_PARTITIONS})
+    ensure_topics(settings, {topic: topics.DEFAULT_PARTITIONS})
     producer = make_producer(settings, client_id="heartwatch-replay", linger_ms=2)
     bar = _ProgressBar(total, progress)
     started = time.monotonic()
@@ -125,7 +139,7 @@ def run(argv=None) -> ReplaySummary:
     """`heartwatch replay`: loads the data set and publishes it."""
     config = parse_config(ReplayConfig, argv, prog="heartwatch replay")
     quiet_kafka_logs()
-    dataset = load_dataset(DatasetSpec(path=config.data))
+    dataset = load_dataset(DatasetSpec(path=config.data), open_fn=open_data_file)
     return publish(config, config.topic, dataset, rate=config.rate, encoding=config.encoding,
                    devices=config.devices, limit=config.limit, repeat=config.repeat, progress=config.progress)
 
