@@ -239,10 +239,15 @@ def test_two_consumers_rebalance_without_loss_or_duplicates(kafka_broker, export
     processors = lambda: {codec.loads(record.value)["processor"] for record in scores.records}  # noqa: E731
     try:
         wait_until(lambda: scores.poll(200) >= 100, 90, "first consumer scoring")
-        background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
         second = StreamProcess(kafka_broker, tmp_path / "second.log", *flags)
         try:
+            # The load starts once the second process has loaded its detector and is about to join (TensorFlow's
+            # start-up can take longer than the whole load on busy cores), so it joins, and the group rebalances,
+            # mid-stream.
+            wait_until(lambda: f"group {names['group']} reading" in second.log(), 120, "second consumer started")
+            background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
             wait_until(lambda: scores.poll(200) and len(processors()) == 2, 90, "both consumers scoring")
+            assert background.thread.is_alive(), "the input ended before both consumers scored: not mid-stream"
             assert "partitions revoked" in first.log()
             assert first.terminate() == 0, first.log()[-2000:]
             before = len(scores.records)
