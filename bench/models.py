@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.detection import metrics, thresholds  # noqa: E402
-from models.ecg import sources as datasets  # noqa: E402
+from models.ecg import sources  # noqa: E402
 from models.family import registry  # noqa: E402
 from models.training.candidates import CandidateConfig  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
@@ -142,7 +142,7 @@ def main() -> None:
     if not_ecg:
         parser.error(f"models {not_ecg} are not ECG models")
 
-    dataset = datasets.load_dataset(datasets.DatasetSpec(path=arguments.data))
+    dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
     print(f"{len(dataset)} beats from {arguments.data}; {arguments.splits} splits; rows: {', '.join(chosen)}",
           flush=True)
     rows = []

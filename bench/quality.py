@@ -21,10 +21,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.ecg import sources as datasets  # noqa: E402
+from models.ecg import sources  # noqa: E402
 from models.detection import metrics  # noqa: E402
 from models.detection import thresholds  # noqa: E402
-from models.training.fit import candidate, train_autoencoder  # noqa: E402
+from models.training.candidates import candidate  # noqa: E402
+from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits, train  # noqa: E402
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="write the rows as JSON here")
     arguments = parser.parse_args()
 
-    dataset = datasets.load_dataset(datasets.DatasetSpec(path=arguments.data))
+    dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
         for seed in range(arguments.splits):

@@ -42,13 +42,13 @@ sys.path.insert(0, REPOSITORY)
 
 from kafka import TopicPartition  # noqa: E402
 
+from models.common import files  # noqa: E402
 from models.ecg.sources import DatasetSpec, load_dataset  # noqa: E402
 from streaming import codec  # noqa: E402
 from streaming.broker import LocalBroker  # noqa: E402
 from streaming.config import KafkaSettings  # noqa: E402
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer  # noqa: E402
-
-PARTITIONS = 4
+from streaming.topics import DEFAULT_PARTITIONS  # noqa: E402
 LOAD_LINGER_MS = 20
 TICK_SECONDS = 0.001
 GROUP_FLAGS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 750, "max_poll_interval_ms": 10000}
@@ -92,7 +92,7 @@ def encode(index: int, beat, ts: float, encoding: str) -> bytes:
 
 def preload(settings, topic: str, count: int, encoding: str) -> None:
     """Writes ``count`` messages (5 % anomalies) to ``topic``."""
-    ensure_topics(settings, {topic: PARTITIONS})
+    ensure_topics(settings, {topic: DEFAULT_PARTITIONS})
     beats, _ = synthetic_beats(min(count, 20000), seed=7, anomaly_fraction=0.05)
     content_type = [(codec.CONTENT_TYPE_HEADER, codec.content_type_for(encoding).encode())]
     producer = make_producer(settings, linger_ms=20)
@@ -113,7 +113,7 @@ def measure_group(settings, topic: str, group: str, target: int, timeout_seconds
                   processes: list) -> dict:
     """Watches a group's commits until ``target`` messages are committed (or timeout); returns the rate."""
     consumer = make_consumer(settings, group_id=group, client_id="bench-monitor")
-    partitions = [TopicPartition(topic, partition) for partition in range(PARTITIONS)]
+    partitions = [TopicPartition(topic, partition) for partition in range(DEFAULT_PARTITIONS)]
     first_time = first_total = None
     last_total, last_time = 0, time.monotonic()
     deadline = time.monotonic() + timeout_seconds
@@ -203,17 +203,19 @@ def ceiling_loop(arguments) -> None:
 
 
 def floor_loop(arguments) -> None:
-    """(b): the tutorial loop, one ``model.predict`` per message; until SIGTERM."""
+    """(b): the tutorial loop, one ``model.predict`` per message; until SIGTERM.
+
+    The SavedModel's own ``is_anomaly`` output decides, as in the stream.
+    """
     import tensorflow as tf
 
-    from models.detection.detector import read_model_card, resolve_version_directory
+    from models.detection.detector import SAVED_MODEL_DIRECTORY, SIGNATURE_NAME, resolve_version_directory
 
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
     stopping = stop_flag_on_sigterm()
     directory = resolve_version_directory(arguments.topic.split("|", 1)[1])
-    threshold = read_model_card(directory)["threshold"]["value"]
     model = tf.keras.Sequential([tf.keras.Input(shape=(140,)), tf.keras.layers.TFSMLayer(
-        os.path.join(directory, "detector"), call_endpoint="serving_default")])
+        files.join(directory, SAVED_MODEL_DIRECTORY), call_endpoint=SIGNATURE_NAME)])
     topic = arguments.topic.split("|", 1)[0]
     consumer = make_consumer(settings, topic, group_id=arguments.group, auto_offset_reset="earliest",
                              max_poll_records=1, **GROUP_FLAGS)
@@ -224,10 +226,10 @@ def floor_loop(arguments) -> None:
                 for record in records:
                     message = json.loads(record.value)
                     outputs = model.predict(np.array([message["beat"]], dtype=np.float32), verbose=0)
-                    error = float(outputs["reconstruction_error"][0])
-                    if error > threshold:
+                    if bool(outputs["is_anomaly"][0]):
                         producer.send(f"{arguments.group}-events", value=json.dumps(
-                            {"id": message["id"], "error": error}).encode()).get(timeout=30)
+                            {"id": message["id"], "anomaly_score": float(outputs["anomaly_score"][0])}).encode()
+                        ).get(timeout=30)
                     consumer.commit()
     finally:
         producer.close()
@@ -281,7 +283,7 @@ def latency_reader(settings, topic: str):
     reader = confluent_kafka.Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "bench-reader",
                                        "enable.auto.commit": False, "fetch.wait.max.ms": 20})
     starts = []
-    for partition in range(PARTITIONS):
+    for partition in range(DEFAULT_PARTITIONS):
         _, end = reader.get_watermark_offsets(confluent_kafka.TopicPartition(topic, partition), timeout=30)
         starts.append(confluent_kafka.TopicPartition(topic, partition, end))
     reader.assign(starts)
@@ -335,7 +337,7 @@ def measure_latency(settings, model_dir: str, rate: float, arguments) -> dict:
     """
     stamp = time.time_ns()
     transport_topic, topic, group = f"bench-transport-{stamp}", f"bench-live-{stamp}", f"bench-latency-{stamp}"
-    ensure_topics(settings, {transport_topic: PARTITIONS, topic: PARTITIONS, f"{group}-events": PARTITIONS})
+    ensure_topics(settings, {name: DEFAULT_PARTITIONS for name in (transport_topic, topic, f"{group}-events")})
     reader = latency_reader(settings, transport_topic)
     try:
         read_messages(reader, 1.0)
@@ -365,21 +367,21 @@ def measure_latency(settings, model_dir: str, rate: float, arguments) -> dict:
 
 def model_only(model_dir: str) -> dict:
     """Device and scoring throughput of the detector alone (1024-beat batches), plain and XLA."""
-    from streaming.scoring import load_scoring_model
+    from models.detection.detector import load_detector
 
     beats, _ = synthetic_beats(4096, seed=5, anomaly_fraction=0.05)
     results = {}
     for mode in ("off", "on"):
-        model = load_scoring_model(model_dir, mode)
+        detector = load_detector(model_dir, mode)
         batches = [beats[start:start + 1024] for start in range(0, len(beats), 1024)]
         for batch in batches:
-            model.score(batch)
+            detector.score(batch)
         started, scored = time.perf_counter(), 0
         while time.perf_counter() - started < 3.0:
             for batch in batches:
-                scored += len(model.score(batch)["reconstruction_error"])
+                scored += len(detector.score(batch)["anomaly_score"])
         results[f"xla_{mode}"] = scored / (time.perf_counter() - started)
-        results["device"] = model.device
+        results["device"] = detector.device
     return results
 
 
@@ -416,14 +418,14 @@ def main(argv=None) -> None:
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
     workspace = tempfile.mkdtemp(prefix="heartwatch-bench-")
     try:
-        model_dir = arguments.model_dir or train_detector(os.path.join(workspace, "model"))
+        model_dir = arguments.model_dir or train_detector(files.join(workspace, "model"))
         if arguments.latency_rate:
             print_latency(latency_runs(settings, model_dir, arguments.latency_rate, arguments), "--latency_rate")
             return
         topic = f"bench-in-{int(time.time())}"
         count = arguments.messages
-        print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} ({PARTITIONS} partitions)...",
-              flush=True)
+        print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
+              f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
         preload(settings, topic, count, arguments.encoding)
         results = {}
         results["a"] = throughput(settings, topic, "ceiling", lambda group: [

@@ -175,9 +175,5 @@ def run(argv=None, test_pipeline=None) -> ScoreResult:
 
 def report(result: ScoreResult) -> str:
     """Where the scores went, and the metrics of labelled data, as text (the CLI prints it)."""
-    lines = []
-    lines.append(f"scores: {result.out} ({result.scored_rows} beats); "
-                 f"bad rows: {result.bad_rows} -> {result.errors_path}")
-    if result.metrics:
-        lines.append(format_metrics(result.metrics))
-    return "\n".join(lines)
+    text = f"scores: {result.out} ({result.scored_rows} beats); bad rows: {result.bad_rows} -> {result.errors_path}"
+    return f"{text}\n{format_metrics(result.metrics)}" if result.metrics else text

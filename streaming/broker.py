@@ -60,19 +60,19 @@ def _accepts_connections(host: str, port: int) -> bool:
 class LocalBroker:
     """A tansu broker process with memory storage; use as a context manager or call start/stop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: str | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file=None):
+        """``log_file``: an open binary file that receives tansu's output (None: discarded)."""
         self.host = host
         self.port = port or free_port(host)
-        self.log_path = log_path
+        self.log_file = log_file
         self.process: subprocess.Popen | None = None
-        self._log_handle = None
 
     @property
     def bootstrap_servers(self) -> str:
         """``host:port`` for Kafka clients."""
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "LocalBroker":
+    def start(self) -> LocalBroker:
         """Starts tansu and waits until it accepts connections."""
         if self.process is not None:
             raise ValueError("broker already started")
@@ -81,14 +81,13 @@ class LocalBroker:
         url = f"tcp://{self.host}:{self.port}"
         command = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"]
-        self._log_handle = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=self._log_handle, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(command, stdout=self.log_file or subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _accepts_connections(self.host, self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(f"tansu exited with status {self.process.returncode} while starting "
-                                   f"(log: {self.log_path or 'not kept'})")
+                                   f"(log: {getattr(self.log_file, 'name', 'not kept')})")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"tansu did not listen on {url} within {START_TIMEOUT_SECONDS} s")
@@ -109,11 +108,8 @@ class LocalBroker:
                 self.process.wait()
         LOGGER.info("tansu broker on %s stopped", self.bootstrap_servers)
         self.process = None
-        if self._log_handle not in (None, subprocess.DEVNULL):
-            self._log_handle.close()
-        self._log_handle = None
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self) -> LocalBroker:
         return self.start()
 
     def __exit__(self, *exception) -> None:
@@ -134,6 +130,6 @@ def run(argv=None) -> str:
         return broker.bootstrap_servers
 
 
-def report(bootstrap_servers: str) -> None:
+def report(bootstrap_servers: str) -> str:
     """Says the broker stopped."""
-    print(f"heartwatch broker: {bootstrap_servers} stopped")
+    return f"heartwatch broker: {bootstrap_servers} stopped"

@@ -36,14 +36,10 @@ import math
 import struct
 
 import numpy as np
+import orjson
 import simdjson
 
 from models.ecg import BEAT_LENGTH
-
-try:
-    import orjson
-except ImportError:  # orjson is ten times faster at parsing beats; the standard library still works
-    orjson = None
 
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
@@ -93,11 +89,10 @@ class DecodedBatch:
 
 
 def _json_loads(value: bytes):
-    if orjson is not None:
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            pass  # NaN and Infinity are not JSON, but Python writes them: try the lenient parser for a better reason
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        pass  # NaN and Infinity are not JSON, but Python writes them: the lenient parser gives a better reason
     try:
         return json.loads(value)
     except (ValueError, UnicodeDecodeError) as error:
@@ -298,10 +293,7 @@ def _non_finite_reason(beat: np.ndarray) -> str:
 def encode_json(heartbeat_id: str, device_id: str, ts: float, beat) -> bytes:
     """The JSON encoding of one beat (samples rounded to float32 precision)."""
     samples = [float(sample) for sample in np.asarray(beat, dtype=np.float32)]
-    document = {"id": heartbeat_id, "device_id": device_id, "ts": ts, "beat": samples}
-    if orjson is not None:
-        return orjson.dumps(document)
-    return json.dumps(document, separators=(",", ":")).encode()
+    return orjson.dumps({"id": heartbeat_id, "device_id": device_id, "ts": ts, "beat": samples})
 
 
 def encode_binary(heartbeat_id: str, device_id: str, ts: float, beat) -> bytes:
@@ -324,22 +316,10 @@ def content_type_for(encoding: str) -> str:
 
 
 def dumps(document) -> bytes:
-    """Compact JSON bytes for output records (orjson when installed)."""
-    if orjson is not None:
-        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    return json.dumps(document, separators=(",", ":"), default=_json_default).encode()
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    """Compact JSON bytes for output records (numpy scalars and arrays included)."""
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def loads(value: bytes):
-    """Parses JSON bytes (orjson when installed); raises ValueError on bad input."""
-    if orjson is not None:
-        return orjson.loads(value)
-    return json.loads(value)
+    """Parses JSON bytes; raises ValueError on bad input."""
+    return orjson.loads(value)

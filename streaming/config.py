@@ -24,6 +24,7 @@ import dataclasses
 import typing
 
 from models.common.flags import field
+from streaming.topics import ALERTS_TOPIC, DEAD_LETTER_TOPIC, EVENTS_TOPIC, INPUT_TOPIC
 
 CLIENT_PREFIXES = ("consumer.", "producer.", "admin.")
 
@@ -147,11 +148,11 @@ class StreamConfig(KafkaSettings):
     model_dir: str = field("model root (newest version served, new versions hot-swapped) or one version "
                            "directory (served as is)", default="artifacts/ecg")
     group_id: str = field("consumer group id", default="heartwatch-stream")
-    input_topic: str = field("topic of heartbeats", default="heartbeats")
-    events_topic: str = field("topic of anomaly events", default="heartwatch-anomalies")
+    input_topic: str = field("topic of heartbeats", default=INPUT_TOPIC)
+    events_topic: str = field("topic of anomaly events", default=EVENTS_TOPIC)
     scores_topic: str = field("topic receiving every score (empty: off)", default="")
-    dead_letter_topic: str = field("topic receiving bad input with the reason", default="heartwatch-dead-letter")
-    alerts_topic: str = field("topic receiving anomaly-burst alerts (empty: off)", default="heartwatch-alerts")
+    dead_letter_topic: str = field("topic receiving bad input with the reason", default=DEAD_LETTER_TOPIC)
+    alerts_topic: str = field("topic receiving anomaly-burst alerts (empty: off)", default=ALERTS_TOPIC)
     batch_size: int = field("score a micro-batch when it holds this many messages", default=1024)
     batch_timeout_ms: int = field("... or when its oldest message waited this long", default=10)
     poll_timeout_ms: int = field("longest wait of one consumer poll while no batch is open", default=200)
@@ -234,7 +235,7 @@ class ReplayConfig(KafkaSettings):
 
     data: str = field("dataset path/URL (ecg.csv, UCR, CSV, Parquet), 'tf-ecg' or 'synthetic[:beats=N,...]'",
                       default="synthetic:beats=5000")
-    topic: str = field("topic to publish to", default="heartbeats")
+    topic: str = field("topic to publish to", default=INPUT_TOPIC)
     rate: float = field("target beats per second (0: as fast as possible)", default=0.0)
     encoding: str = field("json or binary message encoding", default="json")
     devices: int = field("number of simulated devices the beats are spread over", default=10)
@@ -259,7 +260,7 @@ class TailConfig(KafkaSettings):
 
     POSITIONAL_FLAGS: typing.ClassVar[tuple[str, ...]] = ("topic",)
 
-    topic: str = field("topic to print", default="heartwatch-anomalies")
+    topic: str = field("topic to print", default=EVENTS_TOPIC)
     from_beginning: bool = field("start at the oldest message instead of new ones", default=False)
     max_messages: int = field("stop after this many messages (0: never)", default=0)
     idle_timeout_seconds: float = field("stop after this long without a message (0: never)", default=0.0)

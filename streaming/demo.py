@@ -1,7 +1,8 @@
 """`heartwatch demo`: the whole flow on one machine, with live precision and recall.
 
-1. Reuses the newest detector under ``--model_dir``, or trains one with `heartwatch train` (a
-   subprocess: the streaming package never imports the training pipeline).
+1. Reuses the newest detector version under ``--model_dir`` (``models.detection.detector.artifact_root``),
+   or trains one with `heartwatch train` (a subprocess: the streaming package never imports the
+   training pipeline).
 2. Starts the embedded tansu broker unless ``--bootstrap_servers`` is given.
 3. Starts `heartwatch stream` as a child process (its log goes to a file) with every score also
    written to a scores topic, and waits until it owns its partitions.
@@ -24,22 +25,25 @@ import time
 
 from kafka import TopicPartition
 
+from models.common import files
+from models.common.flags import parse_flags
+from models.detection.detector import artifact_root
 from models.ecg.sources import DatasetSpec, load_dataset
-from models.detection.detector import list_versions
 from streaming import codec, replay
 from streaming.broker import LocalBroker, free_port
-from models.common.flags import parse_flags
 from streaming.config import DemoConfig, KafkaSettings
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
 from streaming.monitoring import quiet_kafka_logs
 from streaming.tail import format_document
+from streaming.topics import (
+    ALERTS_TOPIC,
+    DEAD_LETTER_TOPIC,
+    DEFAULT_PARTITIONS,
+    EVENTS_TOPIC,
+    INPUT_TOPIC,
+    SCORES_TOPIC,
+)
 
-INPUT_TOPIC = "heartbeats"
-EVENTS_TOPIC = "heartwatch-anomalies"
-SCORES_TOPIC = "heartwatch-scores"
-DEAD_LETTER_TOPIC = "heartwatch-dead-letter"
-ALERTS_TOPIC = "heartwatch-alerts"
-PARTITIONS = 4
 STATUS_INTERVAL_SECONDS = 2.0
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,8 +101,9 @@ def _say(text: str) -> None:
 
 def ensure_model(config: DemoConfig) -> None:
     """Trains a detector into ``model_dir`` with `heartwatch train` unless it holds a version."""
-    if list_versions(config.model_dir):
-        _say(f"== reusing detector version {list_versions(config.model_dir)[-1]} under {config.model_dir}")
+    versions = artifact_root(config.model_dir).versions()
+    if versions:
+        _say(f"== reusing detector version {versions[-1]} under {config.model_dir}")
         return
     _say(f"== no detector under {config.model_dir}: training one on {config.data} (about a minute)")
     command = [sys.executable, "-m", "heartwatch_cli", "train", "--data", config.data, "--output_dir",
@@ -112,25 +117,23 @@ def _child_environment() -> dict:
                 TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def start_stream(config: DemoConfig, bootstrap_servers: str, log_path: str) -> subprocess.Popen:
-    """`heartwatch stream` as a child process logging to ``log_path``."""
+def start_stream(config: DemoConfig, bootstrap_servers: str, log) -> subprocess.Popen:
+    """`heartwatch stream` as a child process writing its log to the open file ``log``."""
     command = [sys.executable, "-m", "heartwatch_cli", "stream", "--bootstrap_servers", bootstrap_servers,
                "--model_dir", config.model_dir, "--group_id", f"heartwatch-demo-{os.getpid()}",
                "--input_topic", INPUT_TOPIC, "--events_topic", EVENTS_TOPIC, "--scores_topic", SCORES_TOPIC,
                "--dead_letter_topic", DEAD_LETTER_TOPIC, "--alerts_topic", ALERTS_TOPIC, "--auto_offset_reset",
                "latest", "--metrics_port", str(config.metrics_port), "--session_timeout_ms", "3000",
                "--max_poll_interval_ms", "10000"]
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=_child_environment())
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=_child_environment())
 
 
 def _wait_for_assignment(stream: subprocess.Popen, log_path: str, timeout_seconds: float = 120) -> None:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
-        with open(log_path, errors="replace") as handle:
-            if "partitions assigned" in handle.read():
-                return
+        if "partitions assigned" in files.read_bytes(log_path).decode("utf-8", "replace"):
+            return
         if stream.poll() is not None:
             raise RuntimeError(f"heartwatch stream exited with status {stream.returncode}; see {log_path}")
         time.sleep(0.3)
@@ -139,7 +142,7 @@ def _wait_for_assignment(stream: subprocess.Popen, log_path: str, timeout_second
 
 def _reader(settings: KafkaSettings, topics: list[str]):
     consumer = make_consumer(settings, client_id="heartwatch-demo-reader")
-    partitions = [TopicPartition(topic, partition) for topic in topics for partition in range(PARTITIONS)]
+    partitions = [TopicPartition(topic, partition) for topic in topics for partition in range(DEFAULT_PARTITIONS)]
     consumer.assign(partitions)
     consumer.seek_to_end(*partitions)
     return consumer
@@ -172,15 +175,16 @@ def run(argv=None) -> DemoSummary:
         broker = LocalBroker(port=9092 if _port_is_free(9092) else free_port()).start()
     bootstrap_servers = config.bootstrap_servers or broker.bootstrap_servers
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers)
-    log_path = os.path.join(tempfile.mkdtemp(prefix="heartwatch-demo-"), "stream.log")
+    log = tempfile.NamedTemporaryFile(prefix="heartwatch-demo-stream-", suffix=".log", delete=False)
+    log_path = log.name
     summary = DemoSummary(stream_log=log_path)
     stream = None
     stop = threading.Event()
     try:
         _say(f"== broker {bootstrap_servers}{' (embedded tansu, memory storage)' if broker else ''}")
-        ensure_topics(settings, {name: PARTITIONS for name in (INPUT_TOPIC, EVENTS_TOPIC, SCORES_TOPIC,
-                                                               DEAD_LETTER_TOPIC, ALERTS_TOPIC)})
-        stream = start_stream(config, bootstrap_servers, log_path)
+        ensure_topics(settings, {name: DEFAULT_PARTITIONS for name in (INPUT_TOPIC, EVENTS_TOPIC, SCORES_TOPIC,
+                                                                       DEAD_LETTER_TOPIC, ALERTS_TOPIC)})
+        stream = start_stream(config, bootstrap_servers, log)
         _say(f"== heartwatch stream started (pid {stream.pid}, log {log_path}"
              f"{f', metrics http://localhost:{config.metrics_port}/metrics' if config.metrics_port else ''})")
         _wait_for_assignment(stream, log_path)
@@ -196,6 +200,7 @@ def run(argv=None) -> DemoSummary:
         reader.close(autocommit=False)
     finally:
         stop.set()
+        log.close()
         if stream is not None:
             if stream.poll() is None:
                 stream.send_signal(signal.SIGTERM)
@@ -243,9 +248,11 @@ def _follow(reader, summary: DemoSummary, config: DemoConfig, publisher: threadi
                 return
 
 
-def report(summary: DemoSummary) -> None:
+def report(summary: DemoSummary) -> str:
     """The final figures."""
-    print(summary.status_line())
-    print(f"heartwatch demo: detector version {summary.model_version}, precision {summary.precision:.3f}, "
-          f"recall {summary.recall:.3f} on {summary.scored:,} replayed beats; stream exited with status "
-          f"{summary.stream_exit_status} (log {summary.stream_log})")
+    lines = []
+    lines.append(summary.status_line())
+    lines.append(f"heartwatch demo: detector version {summary.model_version}, precision {summary.precision:.3f}, "
+                 f"recall {summary.recall:.3f} on {summary.scored:,} replayed beats; stream exited with status "
+                 f"{summary.stream_exit_status} (log {summary.stream_log})")
+    return "\n".join(lines)

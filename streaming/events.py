@@ -6,10 +6,12 @@ produces a byte-for-byte identical record id: ``event_id = uuid5(EVENT_NAMESPACE
 
 Anomaly event (JSON, key = device id), one per anomalous beat::
 
-    event_id, heartbeat_id, device_id, reconstruction_error, threshold, threshold_kind ("global" or
-    "device"), score (= error / threshold), worst_segments [{start, end, mean_error}], model_version,
-    source_topic, source_partition, source_offset, event_time (the beat's ts, epoch seconds),
-    detection_time (epoch seconds), processor (host:pid), label (ground truth header, when present)
+    event_id, heartbeat_id, device_id, anomaly_score (the detector's score), reconstruction_error,
+    threshold (the one applied: the detector's, or the device's under adaptive thresholds),
+    threshold_kind ("global" or "device"), score (= anomaly_score / threshold, > 1 means anomalous),
+    worst_segments [{start, end, mean_error}], model_version, source_topic, source_partition,
+    source_offset, event_time (the beat's ts, epoch seconds), detection_time (epoch seconds),
+    processor (host:pid), label (ground truth header, when present)
 
 A score record (optional scores topic) has the same fields minus ``worst_segments`` plus
 ``is_anomaly``. A dead letter keeps the original key and value bytes untouched and adds headers
@@ -62,18 +64,23 @@ def worst_segments(per_sample_errors: np.ndarray, count: int, segment_length: in
             for indices, row in zip(order.tolist(), worst_means)]
 
 
-def score_record(*, heartbeat_id: str, device_id: str, error: float, threshold: float, threshold_kind: str,
-                 is_anomaly: bool, model_version: str, topic: str, partition: int, offset: int,
-                 event_time: float, detection_time: float, processor: str, label: int | None) -> dict:
-    """The record of one scored beat (the scores topic carries one per beat)."""
+def score_record(*, heartbeat_id: str, device_id: str, anomaly_score: float, error: float, threshold: float,
+                 threshold_kind: str, is_anomaly: bool, model_version: str, topic: str, partition: int,
+                 offset: int, event_time: float, detection_time: float, processor: str, label: int | None) -> dict:
+    """The record of one scored beat (the scores topic carries one per beat).
+
+    ``is_anomaly`` and ``threshold`` are the verdict and threshold applied (the detector's own, or the
+    adaptive step's); ``score`` is ``anomaly_score / threshold``.
+    """
     record = {
         "event_id": event_id(topic, partition, offset),
         "heartbeat_id": heartbeat_id,
         "device_id": device_id,
+        "anomaly_score": float(anomaly_score),
         "reconstruction_error": float(error),
         "threshold": float(threshold),
         "threshold_kind": threshold_kind,
-        "score": float(error) / float(threshold) if threshold > 0 else float("inf"),
+        "score": float(anomaly_score) / float(threshold) if threshold > 0 else float("inf"),
         "is_anomaly": bool(is_anomaly),
         "model_version": model_version,
         "source_topic": topic,

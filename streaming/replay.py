@@ -7,6 +7,8 @@ latency can be read off its events. Beats are spread over ``devices`` device ids
 ids are ``<row number>`` (``<row number>.<pass>`` when repeating).
 
 Rate control sleeps until each message's due time (``rate`` beats/s; 0 sends as fast as possible).
+Data files are read through the file layer (``models.ecg.sources``' default opener), so ``--data``
+may also be a ``gs://`` or ``ram://`` path.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import logging
 import sys
 import time
 
-from models.ecg.sources import DatasetSpec, LoadedDataset, load_dataset
-from streaming import codec
 from models.common.flags import parse_flags
+from models.ecg.sources import DatasetSpec, LoadedDataset, load_dataset
+from streaming import codec, topics
 from streaming.config import KafkaSettings, ReplayConfig
 from streaming.kafka_clients import ensure_topics, make_producer
 from streaming.monitoring import quiet_kafka_logs
@@ -26,7 +28,6 @@ from streaming.monitoring import quiet_kafka_logs
 LOGGER = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_SECONDS = 0.5
-DEFAULT_PARTITIONS = 4
 
 
 @dataclasses.dataclass
@@ -95,7 +96,7 @@ def publish(settings: KafkaSettings, topic: str, dataset: LoadedDataset, rate: f
     total = min(total, limit) if limit else total
     if total == 0:
         raise ValueError(f"nothing to publish: {dataset.source} has no valid beats")
-    ensure_topics(settings, {topic: DEFAULT_PARTITIONS})
+    ensure_topics(settings, {topic: topics.DEFAULT_PARTITIONS})
     producer = make_producer(settings, client_id="heartwatch-replay", linger_ms=2)
     bar = _ProgressBar(total, progress)
     started = time.monotonic()
@@ -131,7 +132,7 @@ def run(argv=None) -> ReplaySummary:
                    devices=config.devices, limit=config.limit, repeat=config.repeat, progress=config.progress)
 
 
-def report(summary: ReplaySummary) -> None:
-    """Prints what was published."""
-    print(f"heartwatch replay: {summary.published:,} beats ({summary.anomalies:,} labelled anomalies) to "
-          f"{summary.topic} in {summary.seconds:.1f} s ({summary.rate:,.0f} beats/s)")
+def report(summary: ReplaySummary) -> str:
+    """What was published, as text (the CLI prints it)."""
+    return (f"heartwatch replay: {summary.published:,} beats ({summary.anomalies:,} labelled anomalies) to "
+            f"{summary.topic} in {summary.seconds:.1f} s ({summary.rate:,.0f} beats/s)")

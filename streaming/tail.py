@@ -14,8 +14,8 @@ import time
 
 from kafka import TopicPartition
 
-from streaming import codec, events
 from models.common.flags import parse_flags
+from streaming import codec, events
 from streaming.config import TailConfig
 from streaming.kafka_clients import make_consumer
 from streaming.monitoring import quiet_kafka_logs
@@ -42,7 +42,8 @@ def format_document(document: dict) -> str:
         latency_ms = (float(document["detection_time"]) - float(document["event_time"])) * 1000
         text = (f"{kind} {_time_text(document['event_time'])} {document['device_id']} beat {document['heartbeat_id']}"
                 f" score {document['score']:.2f} (error {document['reconstruction_error']:.4g} / "
-                f"{document['threshold_kind']} threshold {document['threshold']:.4g}) model v{document['model_version']}"
+                f"{document['threshold_kind']} threshold {document['threshold']:.4g}) "
+                f"model v{document['model_version']}"
                 f"{label} latency {latency_ms:.0f} ms from {document['source_topic']}/{document['source_partition']}"
                 f"@{document['source_offset']}")
         return text + (f" worst samples {segments}" if segments else "")

@@ -1,12 +1,18 @@
-"""Streaming test fixtures: a real tansu broker for the session, and helpers around real processes.
+"""Streaming test fixtures: a real tansu broker and a real exported detector for the session, and helpers
+around real processes.
 
 Import the fixtures into a test module with ``from tests.streaming_fixtures import kafka_broker``
 (pytest then finds them). Every test uses its own topics and group ids on the one broker.
+
+``exported_detector`` is a dense autoencoder trained on the normal beats of the real ECG sample,
+exported through the detector contract (``DetectorModule`` + ``artifact_root(...).publish``) the way
+`heartwatch train` exports one, without running the Beam pipeline.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import pathlib
 import signal
@@ -15,9 +21,17 @@ import sys
 import time
 import uuid
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from kafka import TopicPartition
 
+from models.common import artifacts, files
+from models.detection import thresholds
+from models.detection.detector import SAVED_MODEL_DIRECTORY, SAVED_MODEL_MARKER, DetectorModule, artifact_root
+from models.ecg.sources import DatasetSpec, load_dataset
+from models.training.fit import CandidateConfig, train_autoencoder
+from streaming import replay
 from streaming.broker import LocalBroker
 from streaming.config import KafkaSettings
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
@@ -32,8 +46,70 @@ FAST_GROUP_FLAGS = ["--session_timeout_ms", "3000", "--max_poll_interval_ms", "1
 def kafka_broker(tmp_path_factory):
     """A tansu broker process (memory storage) on a free localhost port, for the whole session."""
     log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    with LocalBroker(log_path=str(log_path)) as broker:
+    with open(log_path, "ab") as log, LocalBroker(log_file=log) as broker:
         yield broker
+
+
+class MinMaxScaling(tf.Module):
+    """Raw beats -> [0, 1] by the global minimum and maximum of the training beats (`heartwatch train`'s minmax)."""
+
+    def __init__(self, beats: np.ndarray):
+        super().__init__(name="minmax_scaling")
+        self.minimum = tf.Variable(float(np.min(beats)), trainable=False)
+        self.span = tf.Variable(float(np.max(beats) - np.min(beats)), trainable=False)
+
+    def __call__(self, beats):
+        return (beats - self.minimum) / self.span
+
+
+def export_detector(root: str, preprocess, autoencoder, threshold: float, card: dict | None = None) -> str:
+    """Exports ``DetectorModule(preprocess, autoencoder, threshold)`` as the next version under ``root``."""
+    module = DetectorModule(preprocess, autoencoder, threshold)
+    versions = artifact_root(str(root))
+    staging = versions.staging_directory()
+    module.save(files.join(staging, SAVED_MODEL_DIRECTORY))
+    card = {"kind": "detector", "threshold": {"value": float(threshold)}, "created": artifacts.utc_now(),
+            "versions": artifacts.library_versions(), **(card or {})}
+    return versions.publish(staging, card)[1]
+
+
+def publish_copy(root: str, source_directory: str, broken: bool = False) -> int:
+    """Publishes a copy of a version under ``root`` (atomically); ``broken`` garbles its SavedModel."""
+    versions = artifact_root(str(root))
+    staging = versions.staging_directory()
+    for path in files.walk_files(source_directory):
+        target = files.join(staging, path[len(source_directory):].lstrip("/"))
+        files.make_directories(files.dirname(target))
+        files.copy(path, target)
+    if broken:
+        files.write_bytes(files.join(staging, SAVED_MODEL_MARKER), b"this is not a SavedModel")
+    return versions.publish(staging, artifacts.read_card(source_directory))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedDetector:
+    """Where the session's detector lives."""
+
+    root: str
+    version_directory: str
+
+
+@pytest.fixture(scope="session")
+def exported_detector(tmp_path_factory, ecg5000_path) -> ExportedDetector:
+    """A dense detector trained on the real sample's normal beats; threshold by max F1 over the sample."""
+    dataset = load_dataset(DatasetSpec(path=ecg5000_path), open_fn=replay.open_data_file)
+    normal = dataset.beats[dataset.is_anomaly == 0]
+    scaling = MinMaxScaling(normal)
+    scaled = scaling(tf.constant(normal)).numpy()
+    split = int(len(scaled) * 0.8)
+    candidate = CandidateConfig("dense", "dense", {}, epochs=150, batch_size=32)
+    result = train_autoencoder(candidate, scaled[:split], scaled[split:], seed=0, verbose=0)
+    errors = DetectorModule(scaling, result.model).score(dataset.beats)["anomaly_score"]
+    threshold = thresholds.calibrate(thresholds.ThresholdConfig(method="max_f1"), errors, dataset.is_anomaly)
+    root = str(tmp_path_factory.mktemp("detector"))
+    directory = export_detector(root, scaling, result.model, threshold.value,
+                                {"threshold": threshold.to_dict(), "data": {"source": ecg5000_path}})
+    return ExportedDetector(root=root, version_directory=directory)
 
 
 def settings_for(broker) -> KafkaSettings:

@@ -1,4 +1,4 @@
-"""`heartwatch stream` against a real tansu broker process and the real detector trained on the ECG sample.
+"""`heartwatch stream` against a real tansu broker process and a real detector trained on the ECG sample.
 
 Each test has its own topics and consumer group. Outcomes are checked offset by offset: every input
 offset must end up scored (scores topic) or dead-lettered, never both, and duplicates may only come
@@ -6,7 +6,6 @@ from the window after the last commit.
 """
 
 import os
-import shutil
 import threading
 import time
 import urllib.request
@@ -21,8 +20,8 @@ from streaming.config import StreamConfig
 from streaming.consumer import StreamProcessor
 from streaming.kafka_clients import make_producer
 from tests.streaming_fixtures import (StreamProcess, TopicReader, committed_offsets, create_topics,  # noqa: F401
-                                      kafka_broker, outcomes_by_offset, produce, read_topic, settings_for, unique,
-                                      wait_until)
+                                      exported_detector, kafka_broker, outcomes_by_offset, produce, publish_copy,
+                                      read_topic, settings_for, unique, wait_until)
 from tests.test_stream_units import MALFORMED
 
 PARTITIONS = 4
@@ -121,7 +120,7 @@ def read_outcomes(broker, names, expected_total, timeout_seconds=90):
         dead.close()
 
 
-def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka_broker, trained_detector,
+def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka_broker, exported_detector,
                                                                            ecg_dataset):
     names = topics("detect")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
@@ -133,7 +132,8 @@ def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka
                     for name, value in malformed_values.items()]
     bad = dict(zip(produce(kafka_broker, names["input"], bad_messages), malformed_values))
     metrics_port = free_port()
-    config = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers, model_dir=trained_detector.version_directory,
+    config = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers,
+                          model_dir=exported_detector.version_directory,
                           group_id=names["group"], input_topic=names["input"], events_topic=names["events"],
                           scores_topic=names["scores"], dead_letter_topic=names["dead"], alerts_topic=names["alerts"],
                           metrics_port=metrics_port, log_format="text", session_timeout_ms=3000,
@@ -156,16 +156,18 @@ def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka
     precision = (flagged & (labels == 1)).sum() / flagged.sum()
     recall = (flagged & (labels == 1)).sum() / (labels == 1).sum()
     assert precision >= 0.85 and recall >= 0.9, f"precision {precision:.3f}, recall {recall:.3f}"
-    offline = processor.model.detector.score(ecg_dataset.beats)
+    offline = processor.detector.score(ecg_dataset.beats)
     row_of = {str(int(row_number)): index for index, row_number in enumerate(ecg_dataset.row_numbers)}
     for document in documents:
         index = row_of[document["heartbeat_id"]]
         assert document["is_anomaly"] == bool(offline["is_anomaly"][index])
         assert np.isclose(document["reconstruction_error"], offline["reconstruction_error"][index], rtol=1e-4)
+        assert np.isclose(document["anomaly_score"], offline["anomaly_score"][index], rtol=1e-4)
+        assert np.isclose(document["threshold"], processor.detector.threshold, rtol=1e-6)
 
     anomaly_events = [codec.loads(record.value) for record in read_topic(kafka_broker, names["events"], flagged.sum())]
     assert len(anomaly_events) == flagged.sum()
-    version = os.path.basename(trained_detector.version_directory)
+    version = os.path.basename(exported_detector.version_directory)
     for event in anomaly_events:
         assert event["model_version"] == version and event["score"] > 1.0 and len(event["worst_segments"]) == 3
         assert event["event_id"] == events.event_id(event["source_topic"], event["source_partition"],
@@ -190,7 +192,7 @@ def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka
     assert f"heartwatch_model_version {float(version)}" in metrics_text
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, trained_detector, ecg_dataset, tmp_path):
+def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, exported_detector, ecg_dataset, tmp_path):
     names = topics("kill")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
     messages = ecg_messages(ecg_dataset, 5000)
@@ -198,7 +200,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, trained_dete
     messages = [(key, b"not json" if index in bad_indices else value, headers)
                 for index, (key, value, headers) in enumerate(messages)]
     upfront = produce(kafka_broker, names["input"], messages[:200])
-    flags = stream_flags(names, trained_detector.version_directory, "--batch_size", "200", "--batch_timeout_ms", "20")
+    flags = stream_flags(names, exported_detector.version_directory, "--batch_size", "200", "--batch_timeout_ms", "20")
     first = StreamProcess(kafka_broker, tmp_path / "first.log", *flags)
     scores = TopicReader(kafka_broker, names["scores"])
     try:
@@ -226,21 +228,26 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, trained_dete
     assert duplicated <= sum(1 for partition, offset in coordinates if offset >= committed_at_kill.get(partition, 0))
 
 
-def test_two_consumers_rebalance_without_loss_or_duplicates(kafka_broker, trained_detector, ecg_dataset, tmp_path):
+def test_two_consumers_rebalance_without_loss_or_duplicates(kafka_broker, exported_detector, ecg_dataset, tmp_path):
     names = topics("rebalance")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
     messages = ecg_messages(ecg_dataset, 12000)
     upfront = produce(kafka_broker, names["input"], messages[:100])
-    flags = stream_flags(names, trained_detector.version_directory, "--batch_size", "100", "--batch_timeout_ms", "20")
+    flags = stream_flags(names, exported_detector.version_directory, "--batch_size", "100", "--batch_timeout_ms", "20")
     first = StreamProcess(kafka_broker, tmp_path / "first.log", *flags)
     scores = TopicReader(kafka_broker, names["scores"])
     processors = lambda: {codec.loads(record.value)["processor"] for record in scores.records}  # noqa: E731
     try:
         wait_until(lambda: scores.poll(200) >= 100, 90, "first consumer scoring")
-        background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
         second = StreamProcess(kafka_broker, tmp_path / "second.log", *flags)
         try:
+            # The load starts once the second process has loaded its detector and is about to join (TensorFlow's
+            # start-up can take longer than the whole load on busy cores), so it joins, and the group rebalances,
+            # mid-stream.
+            wait_until(lambda: f"group {names['group']} reading" in second.log(), 120, "second consumer started")
+            background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
             wait_until(lambda: scores.poll(200) and len(processors()) == 2, 90, "both consumers scoring")
+            assert background.thread.is_alive(), "the input ended before both consumers scored: not mid-stream"
             assert "partitions revoked" in first.log()
             assert first.terminate() == 0, first.log()[-2000:]
             before = len(scores.records)
@@ -261,35 +268,24 @@ def test_two_consumers_rebalance_without_loss_or_duplicates(kafka_broker, traine
     assert len(per_processor) == 2 and min(per_processor.values()) > 100, per_processor
 
 
-def _publish_version(root, source, version: int, broken: bool = False) -> None:
-    """Copies a version in under a temporary name and renames it into place (atomic for the watcher)."""
-    staging = os.path.join(root, f".staging-{version}")
-    shutil.copytree(source, staging)
-    if broken:
-        with open(os.path.join(staging, "detector", "saved_model.pb"), "wb") as handle:
-            handle.write(b"this is not a SavedModel")
-    os.rename(staging, os.path.join(root, str(version)))
-
-
-def test_hot_swap_under_load_refuses_a_broken_version(kafka_broker, trained_detector, ecg_dataset, tmp_path):
+def test_hot_swap_under_load_refuses_a_broken_version(kafka_broker, exported_detector, ecg_dataset, tmp_path):
     names = topics("swap")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
-    root = tmp_path / "models"
-    root.mkdir()
-    _publish_version(root, trained_detector.version_directory, 1)
+    root = str(tmp_path / "models")
+    assert publish_copy(root, exported_detector.version_directory) == 1
     messages = ecg_messages(ecg_dataset, 9000)
     upfront = produce(kafka_broker, names["input"], messages[:100])
     stream = StreamProcess(kafka_broker, tmp_path / "stream.log",
-                           *stream_flags(names, str(root), "--model_poll_seconds", "0.5", "--batch_size", "100"))
+                           *stream_flags(names, root, "--model_poll_seconds", "0.5", "--batch_size", "100"))
     scores = TopicReader(kafka_broker, names["scores"])
     versions = lambda: {codec.loads(record.value)["model_version"] for record in scores.records}  # noqa: E731
     try:
         wait_until(lambda: scores.poll(200) >= 100, 90, "stream scoring with version 1")
         background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
         wait_until(lambda: scores.poll(200) >= 300, 30, "stream scoring under load")
-        _publish_version(root, trained_detector.version_directory, 2, broken=True)
+        assert publish_copy(root, exported_detector.version_directory, broken=True) == 2
         wait_until(lambda: "refusing model version 2" in stream.log(), 30, "broken version 2 refused")
-        _publish_version(root, trained_detector.version_directory, 3)
+        assert publish_copy(root, exported_detector.version_directory) == 3
         wait_until(lambda: scores.poll(200) and "3" in versions(), 60, "events carrying version 3")
         assert background.thread.is_alive(), "the input ended before the swap: not under load"
         coordinates = upfront + background.join(180)
@@ -312,13 +308,13 @@ def test_hot_swap_under_load_refuses_a_broken_version(kafka_broker, trained_dete
     assert "swapped detector version 1 -> 3" in stream.log()
 
 
-def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, trained_detector, ecg_dataset, tmp_path):
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, exported_detector, ecg_dataset, tmp_path):
     names = topics("sigterm")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
     messages = ecg_messages(ecg_dataset, 6000)
     produce(kafka_broker, names["input"], messages[:100])
     stream = StreamProcess(kafka_broker, tmp_path / "stream.log",
-                           *stream_flags(names, trained_detector.version_directory, "--batch_size", "500",
+                           *stream_flags(names, exported_detector.version_directory, "--batch_size", "500",
                                          "--batch_timeout_ms", "200"))
     scores = TopicReader(kafka_broker, names["scores"])
     try:

@@ -1,19 +1,31 @@
-"""Pure parts of the stream: message codec and validation, output records, config, alerts, adaptive thresholds."""
+"""Parts of the stream that need no broker: message codec and validation, output records, config, alerts,
+adaptive thresholds, the batch handler on a real exported detector, and the hot-swap watcher."""
 
 import json
+import logging
 import math
 import struct
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from kafka.consumer.fetcher import ConsumerRecord
 
+from models.common import files
+from models.detection.detector import bucket_size, load_detector
 from models.ecg import BEAT_LENGTH
-from streaming import codec, events
+from models.ecg.sources import DatasetSpec, load_dataset
+from models.family import registry
+from streaming import codec, events, replay
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector
-from streaming.config import StreamConfig, client_options, parse_config, parse_kafka_options
+from models.common.flags import parse_flags
+from streaming.config import StreamConfig, client_options, parse_kafka_options
+from streaming.handler import BatchHandler
+from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import KNOWN_KEYS
-from streaming.scoring import bucket_size
+from tests.streaming_fixtures import export_detector
 
 BEAT = np.linspace(-1.0, 1.0, BEAT_LENGTH).astype(np.float32)
 
@@ -152,12 +164,12 @@ def test_worst_segments_rank_segment_means_row_by_row():
 
 
 def test_anomaly_event_has_the_documented_fields():
-    score = events.score_record(heartbeat_id="h", device_id="d", error=0.3, threshold=0.1, threshold_kind="global",
-                                is_anomaly=True, model_version="2", topic="in", partition=0, offset=9, event_time=1.0,
-                                detection_time=2.0, processor="host:1", label=1)
+    score = events.score_record(heartbeat_id="h", device_id="d", anomaly_score=0.3, error=0.3, threshold=0.1,
+                                threshold_kind="global", is_anomaly=True, model_version="2", topic="in", partition=0,
+                                offset=9, event_time=1.0, detection_time=2.0, processor="host:1", label=1)
     event = events.anomaly_event(score, events.worst_segments(np.ones((1, BEAT_LENGTH)), 3, 10)[0])
-    assert set(event) == {"event_id", "heartbeat_id", "device_id", "reconstruction_error", "threshold",
-                          "threshold_kind", "score", "worst_segments", "model_version", "source_topic",
+    assert set(event) == {"event_id", "heartbeat_id", "device_id", "anomaly_score", "reconstruction_error",
+                          "threshold", "threshold_kind", "score", "worst_segments", "model_version", "source_topic",
                           "source_partition", "source_offset", "event_time", "detection_time", "processor", "label"}
     assert math.isclose(event["score"], 3.0) and len(event["worst_segments"]) == 3
     assert event["event_id"] == events.event_id("in", 0, 9)
@@ -167,12 +179,12 @@ def test_config_file_is_overridden_by_flags_and_kafka_options_are_parsed(tmp_pat
     path = tmp_path / "stream.json"
     path.write_text(json.dumps({"batch_size": 64, "group_id": "from-file",
                                 "kafka_option": {"security_protocol": "SASL_SSL", "consumer.fetch_min_bytes": 1}}))
-    config = parse_config(StreamConfig, ["--config", str(path), "--group_id", "from-flag", "--kafka_option",
+    config = parse_flags(StreamConfig, ["--config", str(path), "--group_id", "from-flag", "--kafka_option",
                                          "sasl_mechanism=PLAIN", "--adaptive_thresholds", "true"])
     assert (config.batch_size, config.group_id, config.adaptive_thresholds) == (64, "from-flag", True)
     options = config.options()
     assert options == {"sasl_mechanism": "PLAIN"}  # the flag replaces the file's list, like every other field
-    file_only = parse_config(StreamConfig, ["--config", str(path)])
+    file_only = parse_flags(StreamConfig, ["--config", str(path)])
     consumer = client_options(file_only.options(), "consumer", KNOWN_KEYS["consumer"])
     producer = client_options(file_only.options(), "producer", KNOWN_KEYS["producer"])
     assert consumer == {"security_protocol": "SASL_SSL", "fetch_min_bytes": 1}
@@ -189,7 +201,7 @@ def test_config_file_is_overridden_by_flags_and_kafka_options_are_parsed(tmp_pat
 ])
 def test_invalid_stream_flags_raise_value_error(flags, message):
     with pytest.raises(ValueError, match=message):
-        parse_config(StreamConfig, flags)
+        parse_flags(StreamConfig, flags)
 
 
 def test_kafka_option_values_are_converted():
@@ -214,13 +226,19 @@ def test_burst_detector_alerts_once_per_window_per_device():
     assert after_quiet is not None and after_quiet["event_ids"] == ["e6", "e7", "e10"]
 
 
+def detector_outputs(scores, threshold: float) -> dict:
+    """What a detector with ``threshold`` returns for beats scoring ``scores`` (its own rule: score > threshold)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return {"anomaly_score": scores, "threshold": np.full(len(scores), threshold), "is_anomaly": scores > threshold}
+
+
 def test_device_thresholds_fall_back_until_enough_normal_beats():
     thresholds = DeviceThresholds(min_beats=50, sigma=3.0)
     rng = np.random.default_rng(0)
     errors = rng.normal(0.02, 0.002, 60)
-    thresholds.update(["quiet"] * 49, errors[:49], global_threshold=0.05)
+    thresholds.apply(["quiet"] * 49, detector_outputs(errors[:49], 0.05))
     assert thresholds.threshold_for("quiet", 0.05) == (0.05, "global")
-    thresholds.update(["quiet"] * 11 + ["quiet"], list(errors[49:]) + [0.9], global_threshold=0.05)
+    thresholds.apply(["quiet"] * 11 + ["quiet"], detector_outputs(list(errors[49:]) + [0.9], 0.05))
     value, kind = thresholds.threshold_for("quiet", 0.05)
     assert kind == "device"
     assert math.isclose(value, errors.mean() + 3.0 * errors.std(ddof=1), rel_tol=1e-9)
@@ -230,3 +248,121 @@ def test_device_thresholds_fall_back_until_enough_normal_beats():
 
 def test_xla_buckets_are_powers_of_two():
     assert [bucket_size(count) for count in (1, 64, 65, 1000, 1024, 1025)] == [64, 64, 128, 1024, 1024, 2048]
+
+
+def test_adaptive_step_keeps_the_detectors_verdict_until_a_device_has_statistics():
+    thresholds = DeviceThresholds(min_beats=3, sigma=2.0)
+    first = thresholds.apply(["a", "a", "a", "b"], detector_outputs([0.01, 0.02, 0.03, 0.9], 0.5))
+    np.testing.assert_array_equal(first[0], [0.5] * 4)
+    assert first[1] == ["global"] * 4 and first[2].tolist() == [False, False, False, True]
+    assert thresholds.device_count() == 1  # b's only beat was flagged by the detector: not in the statistics
+    values, kinds, flags = thresholds.apply(["a", "a", "b"], detector_outputs([0.2, 0.6, 0.2], 0.5))
+    device_threshold = 0.02 + 2.0 * np.std([0.01, 0.02, 0.03], ddof=1)
+    assert kinds == ["device", "device", "global"]
+    np.testing.assert_allclose(values, [device_threshold, device_threshold, 0.5])
+    assert flags.tolist() == [True, True, False]  # 0.2 is above device a's threshold, normal for the detector
+    assert thresholds.device_count() == 2
+
+
+def consumer_records(values, topic: str = "in", device_id: str = "device-1") -> list:
+    """Real kafka-python consumer records (partition 0, consecutive offsets) holding ``values``."""
+    return [ConsumerRecord(topic, 0, 0, offset, 1790000000000 + offset, 0, device_id.encode(), value, [], None,
+                           len(device_id), len(value), 0) for offset, value in enumerate(values)]
+
+
+def beat_messages(beats, device_id: str = "device-1") -> list:
+    return [codec.encode_json(f"h{index}", device_id, 1790000000.0 + index, beat) for index, beat in enumerate(beats)]
+
+
+@pytest.fixture(scope="module")
+def tiny_detectors(tmp_path_factory):
+    """Two exported detectors around one small untrained dense autoencoder: one flags every beat, one none."""
+    keras.utils.set_random_seed(0)
+    autoencoder = registry.build("dense", {"hidden_units": [16], "latent_dim": 4})
+    root = str(tmp_path_factory.mktemp("tiny-detectors"))
+    return {name: load_detector(export_detector(root, tf.identity, autoencoder, threshold))
+            for name, threshold in (("flags_every_beat", 1e-9), ("flags_no_beat", 1e9))}
+
+
+def stream_config(**overrides) -> StreamConfig:
+    return StreamConfig(**{"scores_topic": "scores", "alerts_topic": "", **overrides})
+
+
+def test_the_streams_flags_are_the_detectors_is_anomaly(tiny_detectors):
+    rng = np.random.default_rng(1)
+    beats = rng.normal(0.0, 1.0, (12, BEAT_LENGTH)).astype(np.float32)
+    records = consumer_records(beat_messages(beats) + [b"{not json"])
+    config = stream_config()
+    for name, expected_events in (("flags_every_beat", len(beats)), ("flags_no_beat", 0)):
+        detector = tiny_detectors[name]
+        output = BatchHandler(config, "host:1").handle(records, detector)
+        by_topic = {topic: [codec.loads(record.value) for record in output.records if record.topic == topic]
+                    for topic in (config.events_topic, config.scores_topic)}
+        anomaly_events, scores = by_topic[config.events_topic], by_topic[config.scores_topic]
+        assert len(anomaly_events) == output.anomalies == expected_events, name
+        assert len(scores) == output.scored == len(beats)
+        offline = detector.score(beats)
+        assert [score["is_anomaly"] for score in scores] == offline["is_anomaly"].tolist()
+        for score, anomaly_score in zip(scores, offline["anomaly_score"].tolist()):
+            assert math.isclose(score["threshold"], detector.threshold, rel_tol=1e-6)
+            assert score["threshold_kind"] == "global"
+            assert math.isclose(score["anomaly_score"], anomaly_score, rel_tol=1e-5)
+        assert [event["heartbeat_id"] for event in anomaly_events] == [f"h{index}" for index in range(expected_events)]
+        dead_letters = [record for record in output.records if record.topic == config.dead_letter_topic]
+        assert len(dead_letters) == 1 and dead_letters[0].value == b"{not json"
+
+
+def test_adaptive_thresholds_are_applied_after_the_detector(tiny_detectors):
+    detector = tiny_detectors["flags_no_beat"]
+    rng = np.random.default_rng(2)
+    base = np.sin(np.linspace(0, 2 * np.pi, BEAT_LENGTH)).astype(np.float32)
+    steady = base + rng.normal(0.0, 0.01, (30, BEAT_LENGTH)).astype(np.float32)
+    odd = base + 3.0
+    config = stream_config(adaptive_thresholds=True, adaptive_min_beats=20, adaptive_sigma=4.0)
+    handler = BatchHandler(config, "host:1")
+    learning = handler.handle(consumer_records(beat_messages(steady)), detector)
+    assert learning.anomalies == 0
+    records = consumer_records(beat_messages([odd, steady[0]]) + beat_messages([odd], device_id="device-new"))
+    records[2] = records[2]._replace(offset=2)
+    output = handler.handle(records, detector)
+    scores = [codec.loads(record.value) for record in output.records if record.topic == config.scores_topic]
+    assert [(score["device_id"], score["threshold_kind"], score["is_anomaly"]) for score in scores] == [
+        ("device-1", "device", True), ("device-1", "device", False), ("device-new", "global", False)]
+    assert not detector.score(np.stack([odd]))["is_anomaly"][0], "the detector itself calls the odd beat normal"
+    expected = DeviceThresholds(20, 4.0)
+    expected.apply(["device-1"] * len(steady), detector.score(steady))
+    device_threshold, _ = expected.threshold_for("device-1", detector.threshold)
+    assert math.isclose(scores[0]["threshold"], device_threshold, rel_tol=1e-9)
+    assert math.isclose(scores[2]["threshold"], detector.threshold, rel_tol=1e-6)
+    assert output.anomalies == 1
+    handler.model_changed()
+    after_swap = handler.handle(consumer_records(beat_messages([odd])), detector)
+    assert after_swap.anomalies == 0, "a new model version starts without device statistics"
+
+
+def test_watcher_refuses_a_version_that_stays_incomplete_once(caplog):
+    root = f"ram://{files.unique_name('models-')}"
+    files.write_text(files.join(root, "2", "model_card.json"), "{}")
+    refused = []
+    watcher = ModelWatcher(root, "1", "off", 1.0, on_refused=refused.append)
+    with caplog.at_level(logging.ERROR, logger="streaming.hotswap"):
+        watcher.check_now()
+        assert refused == [], "a folder may be incomplete for one poll"
+        watcher.check_now()
+        watcher.check_now()
+    assert refused == ["2"]
+    assert "refusing model version 2" in caplog.text and "incomplete" in caplog.text
+    files.write_bytes(files.join(root, "2", "detector", "saved_model.pb"), b"this is not a SavedModel")
+    watcher.check_now()
+    assert refused == ["2", "2"] and watcher.take_ready() is None
+
+
+def test_replay_reads_data_sets_through_the_file_layer():
+    path = f"ram://{files.unique_name('replay-')}/sample.txt"
+    rows = ["1.0 " + " ".join(["0.5"] * BEAT_LENGTH), "3.0 " + " ".join(["0.25"] * BEAT_LENGTH)]
+    files.write_text(path, "\n".join(rows) + "\n")
+    dataset = load_dataset(DatasetSpec(path=path), open_fn=replay.open_data_file)
+    assert len(dataset) == 2 and dataset.is_anomaly.tolist() == [0, 1]
+    np.testing.assert_allclose(dataset.beats[1], 0.25)
+    with pytest.raises(ValueError, match="binary reading"):
+        replay.open_data_file(path, "w")

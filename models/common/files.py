@@ -19,7 +19,6 @@ rewriting it; other schemes go straight to ``tf.io.gfile``.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import uuid
@@ -135,11 +134,6 @@ def open_binary(path: str):
     return open_file(path, "rb")
 
 
-def open_text(path: str):
-    """A text read stream that yields ``str`` lines, with universal newlines."""
-    return io.TextIOWrapper(io.BufferedReader(_RawReader(open_binary(path))), encoding="utf-8", newline="")
-
-
 def read_bytes(path: str) -> bytes:
     """The whole file as bytes."""
     with open_file(path, "rb") as handle:
@@ -209,23 +203,3 @@ def remove(path: str) -> None:
 def unique_name(prefix: str) -> str:
     """A name no other writer will pick (for temporary and staging files)."""
     return f"{prefix}{uuid.uuid4().hex[:12]}"
-
-
-class _RawReader(io.RawIOBase):
-    """Adapts a GFile to ``io.RawIOBase`` so that ``io.TextIOWrapper`` can decode it line by line."""
-
-    def __init__(self, handle):
-        super().__init__()
-        self._handle = handle
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._handle.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._handle.close()
-        super().close()

@@ -1,0 +1,147 @@
+"""The stream's batch handler: decode -> score -> build outputs, for one micro-batch of consumer records.
+
+``BatchHandler.handle(records, detector)`` is the one handler per batch:
+
+1. decodes every message (``streaming.codec``); a bad one becomes a dead letter holding the original
+   bytes and the reason;
+2. scores the good beats with one call of the exported detector (``models.detection.detector.Detector``),
+   whose SavedModel returns ``anomaly_score``, ``threshold`` and ``is_anomaly``;
+3. with adaptive thresholds, applies the per-device step to those outputs (``streaming.adaptive``);
+   otherwise the detector's ``threshold`` and ``is_anomaly`` are the verdict as they are;
+4. builds the anomaly events, optional score records and burst alerts (``streaming.events``,
+   ``streaming.alerts``).
+
+It sends nothing: it returns the output records, in order, for the consumer to send and acknowledge
+(``streaming.commits``), so it needs no Kafka connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from models.detection.detector import Detector
+from streaming import codec, events
+from streaming.adaptive import GLOBAL_KIND, DeviceThresholds
+from streaming.alerts import BurstDetector
+
+LOGGER = logging.getLogger(__name__)
+
+DEAD_LETTER_MAX_BYTES = 3 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputRecord:
+    """One record to send: topic, key, value and headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list | None = None
+
+
+@dataclasses.dataclass
+class BatchOutput:
+    """What one batch produced: the records to send, in order, and its counts."""
+
+    records: list = dataclasses.field(default_factory=list)
+    scored: int = 0
+    anomalies: int = 0
+    dead_letters: list = dataclasses.field(default_factory=list)  # reason class of each dead letter
+    alerts: list = dataclasses.field(default_factory=list)
+    scoring_seconds: float = 0.0
+
+
+def verdicts(scores: dict, device_ids, device_thresholds: DeviceThresholds | None) -> tuple:
+    """``(thresholds, kinds, is_anomaly)`` per beat: the detector's own, or after the adaptive step."""
+    if device_thresholds is not None:
+        return device_thresholds.apply(device_ids, scores)
+    return scores["threshold"], [GLOBAL_KIND] * len(device_ids), scores["is_anomaly"]
+
+
+class BatchHandler:
+    """Decodes, scores and turns one batch of consumer records into output records (see the module doc)."""
+
+    def __init__(self, config, processor_id: str):
+        self.config = config
+        self.processor_id = processor_id
+        self.device_thresholds = (DeviceThresholds(config.adaptive_min_beats, config.adaptive_sigma)
+                                  if config.adaptive_thresholds else None)
+        self.bursts = BurstDetector(config.alert_count, config.alert_window_seconds)
+
+    def model_changed(self) -> None:
+        """Forgets the per-device statistics: scores of another model version live in another space."""
+        if self.device_thresholds is not None:
+            self.device_thresholds.reset()
+
+    def handle(self, records, detector: Detector) -> BatchOutput:
+        """The one handler per batch: decode, score with ``detector``, build the output records."""
+        config = self.config
+        output = BatchOutput()
+        decoded = codec.decode_batch([(record.value, record.headers) for record in records], config.input_encoding,
+                                     config.max_message_bytes)
+        for position, reason in decoded.failures:
+            output.records.append(self.dead_letter(records[position], reason))
+            output.dead_letters.append(reason.split(":", 1)[0])
+        if decoded.positions:
+            self._score(detector, [records[position] for position in decoded.positions], decoded, output)
+        return output
+
+    def _score(self, detector: Detector, records, decoded: codec.DecodedBatch, output: BatchOutput) -> None:
+        config = self.config
+        started = time.perf_counter()
+        scores = detector.score(decoded.beats)
+        output.scoring_seconds = time.perf_counter() - started
+        device_ids = decoded.device_ids
+        thresholds, kinds, is_anomaly = verdicts(scores, device_ids, self.device_thresholds)
+        detection_time = time.time()
+        anomalous = np.flatnonzero(is_anomaly)
+        segments = dict(zip(anomalous.tolist(), events.worst_segments(
+            scores["per_sample_error"][anomalous], config.worst_segments, config.segment_length)))
+        emitted = range(len(records)) if config.scores_topic else anomalous.tolist()
+        anomaly_scores, errors = scores["anomaly_score"].tolist(), scores["reconstruction_error"].tolist()
+        thresholds, is_anomaly = np.asarray(thresholds).tolist(), np.asarray(is_anomaly).tolist()
+        for index in emitted:
+            record, device_id = records[index], device_ids[index]
+            score = events.score_record(
+                heartbeat_id=decoded.ids[index], device_id=device_id, anomaly_score=anomaly_scores[index],
+                error=errors[index], threshold=thresholds[index], threshold_kind=kinds[index],
+                is_anomaly=is_anomaly[index], model_version=detector.version, topic=record.topic,
+                partition=record.partition, offset=record.offset, event_time=decoded.timestamps[index],
+                detection_time=detection_time, processor=self.processor_id,
+                label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER)))
+            key = device_id.encode()
+            if config.scores_topic:
+                output.records.append(OutputRecord(config.scores_topic, key, codec.dumps(score)))
+            if is_anomaly[index]:
+                event = events.anomaly_event(score, segments[index])
+                output.records.append(OutputRecord(config.events_topic, key, codec.dumps(event)))
+                output.anomalies += 1
+                self._alert_if_burst(event, output)
+        output.scored = len(records)
+
+    def _alert_if_burst(self, event: dict, output: BatchOutput) -> None:
+        alert = self.bursts.observe(event)
+        if alert is None:
+            return
+        output.alerts.append(alert)
+        LOGGER.warning("anomaly burst on device %s: %d anomalies within %.0f s", alert["device_id"],
+                       alert["anomaly_count"], alert["window_seconds"])
+        if self.config.alerts_topic:
+            output.records.append(OutputRecord(self.config.alerts_topic, alert["device_id"].encode(),
+                                               codec.dumps(alert)))
+
+    def dead_letter(self, record, reason: str) -> OutputRecord:
+        """The dead letter of ``record``: its original key and value (cut to 3 MiB) with the reason headers."""
+        value = record.value
+        truncated_from = None
+        if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
+            value, truncated_from = value[:DEAD_LETTER_MAX_BYTES], len(value)
+        headers = events.dead_letter_headers(
+            record.headers, reason=reason, topic=record.topic, partition=record.partition, offset=record.offset,
+            timestamp_ms=record.timestamp, group_id=self.config.group_id, truncated_from=truncated_from)
+        LOGGER.debug("dead letter %s/%d/%d: %s", record.topic, record.partition, record.offset, reason)
+        return OutputRecord(self.config.dead_letter_topic, record.key, value, headers)
