@@ -87,7 +87,8 @@ def main() -> None:
               f"{tutorial['seconds']:>12.1f}{default['seconds']:>9.1f}")
     mean = lambda model, key: float(np.mean([row[model][key] for row in rows]))  # noqa: E731
     gain = mean(DEFAULT_MODEL, "denoised_psnr") - mean(BASELINE_MODEL, "denoised_psnr")
-    print(f"{'mean':<6}{np.mean([row['noisy_psnr'] for row in rows]):>11.2f}{mean(BASELINE_MODEL, 'denoised_psnr'):>15.2f}"
+    noisy_psnr = np.mean([row["noisy_psnr"] for row in rows])
+    print(f"{'mean':<6}{noisy_psnr:>11.2f}{mean(BASELINE_MODEL, 'denoised_psnr'):>15.2f}"
           f"{mean(DEFAULT_MODEL, 'denoised_psnr'):>12.2f}{gain:>9.2f}{mean(DEFAULT_MODEL, 'noisy_ssim'):>12.3f}"
           f"{mean(BASELINE_MODEL, 'denoised_ssim'):>15.3f}{mean(DEFAULT_MODEL, 'denoised_ssim'):>12.3f}")
     print(f"parameters: tutorial {rows[0][BASELINE_MODEL]['parameters']}, dncnn {rows[0][DEFAULT_MODEL]['parameters']}")

@@ -119,7 +119,8 @@ def main() -> None:
         label = "model.predict (in memory)" if kind == "predict" else "heartwatch denoise run (Beam)"
         print(f"{label:<34}{row['images']:>9}{row['seconds']:>10.2f}{row['images'] / row['seconds']:>11.0f}"
               f"{row['peak_rss_mb']:>14.0f}")
-    predict, small, large = rows[("predict", arguments.small)], rows[("beam", arguments.small)], rows[("beam", arguments.large)]
+    predict = rows[("predict", arguments.small)]
+    small, large = rows[("beam", arguments.small)], rows[("beam", arguments.large)]
     ratio = (small["images"] / small["seconds"]) / (predict["images"] / predict["seconds"])
     print(f"Beam / predict throughput at {arguments.small} images: {ratio:.2f} (bar >= 0.60: "
           f"{'met' if ratio >= 0.6 else 'NOT met'})")

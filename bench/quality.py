@@ -21,9 +21,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from models.detection import (
+    metrics,  # noqa: E402
+    thresholds,  # noqa: E402
+)
 from models.ecg import sources  # noqa: E402
-from models.detection import metrics  # noqa: E402
-from models.detection import thresholds  # noqa: E402
 from models.training.candidates import candidate  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits, train  # noqa: E402
@@ -49,7 +51,8 @@ def tutorial_recipe(dataset, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt"))
+    parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000",
+                                                         "../shared/data/ecg5000/ECG5000_TRAIN.txt"))
     parser.add_argument("--splits", type=int, default=5)
     parser.add_argument("--candidates", default="dense,conv1d")
     parser.add_argument("--output", default=None, help="write the rows as JSON here")

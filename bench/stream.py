@@ -49,6 +49,7 @@ from streaming.broker import LocalBroker  # noqa: E402
 from streaming.config import KafkaSettings  # noqa: E402
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer  # noqa: E402
 from streaming.topics import DEFAULT_PARTITIONS  # noqa: E402
+
 LOAD_LINGER_MS = 20
 TICK_SECONDS = 0.001
 GROUP_FLAGS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 750, "max_poll_interval_ms": 10000}

@@ -26,7 +26,8 @@ def timed(command: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt"))
+    parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000",
+                                                         "../shared/data/ecg5000/ECG5000_TRAIN.txt"))
     parser.add_argument("--runs", type=int, default=1)
     arguments = parser.parse_args()
     floor = timed([sys.executable, "-c", "import tensorflow, tensorflow_transform, apache_beam"])

@@ -7,6 +7,9 @@ import pytest
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 
+# The broker and detector fixtures of the streaming tests (``kafka_broker``, ``exported_detector``).
+pytest_plugins = ("tests.streaming_fixtures",)
+
 
 @pytest.fixture(scope="session")
 def ecg5000_path() -> str:

@@ -1,7 +1,7 @@
 """Streaming test fixtures: a real tansu broker and a real exported detector for the session, and helpers
 around real processes.
 
-Import the fixtures into a test module with ``from tests.streaming_fixtures import kafka_broker``
+``tests/conftest.py`` registers this module as a pytest plugin, so its fixtures reach every test module
 (pytest then finds them). Every test uses its own topics and group ids on the one broker.
 
 ``exported_detector`` is a dense autoencoder trained on the normal beats of the real ECG sample,
@@ -131,7 +131,8 @@ def produce(broker, topic: str, messages) -> list:
     """Sends ``(key, value, headers)`` triples in order; returns their ``(partition, offset)``."""
     producer = make_producer(settings_for(broker))
     try:
-        futures = [producer.send(topic, key=key, value=value, headers=headers or []) for key, value, headers in messages]
+        futures = [producer.send(topic, key=key, value=value, headers=headers or [])
+                   for key, value, headers in messages]
         producer.flush()
         return [(metadata.partition, metadata.offset) for metadata in (future.get(timeout=30) for future in futures)]
     finally:

@@ -144,11 +144,13 @@ def test_denoise_batch_pads_groups_of_sizes_for_strided_models():
 def test_image_metrics_summary_and_csv_rows():
     clean = np.full((8, 8, 1), 0.5, np.float32)
     metrics = denoise_steps.image_metrics(clean + 0.1, clean + 0.01, clean)
-    assert metrics["noisy_psnr"] == pytest.approx(20.0, abs=1e-4) and metrics["denoised_psnr"] == pytest.approx(40.0, abs=1e-3)
+    assert metrics["noisy_psnr"] == pytest.approx(20.0, abs=1e-4)
+    assert metrics["denoised_psnr"] == pytest.approx(40.0, abs=1e-3)
     assert denoise_steps.image_metrics(clean, clean, None) == {name: None for name in denoise_steps.METRIC_NAMES}
     combine = denoise_write.SummaryFn()
     parts = [combine.add_input(combine.create_accumulator(), item)
-             for item in (metrics, denoise_steps.image_metrics(clean, clean, clean), denoise_steps.image_metrics(clean, clean, None))]
+             for item in (metrics, denoise_steps.image_metrics(clean, clean, clean),
+                          denoise_steps.image_metrics(clean, clean, None))]
     summary = combine.extract_output(combine.merge_accumulators(parts))
     assert summary["denoised_images"] == 3 and summary["images_with_reference"] == 2
     assert summary["images_with_infinite_psnr"] == 1 and summary["mean_psnr_gain"] == pytest.approx(20.0, abs=1e-3)
@@ -258,8 +260,9 @@ def test_train_export_run_round_trip_on_an_image_directory(exported, image_direc
     assert os.path.exists(exported.model_path) and os.path.exists(exported.grid_path)
 
     out = tmp_path / "out"
-    result = denoise.run(["run", "--input", str(image_directory), "--model", os.path.dirname(exported.version_directory),
-                          "--out", str(out), "--noise", "gaussian:0.2", "--seed", "11", "--batch_size", "4"])
+    model_root = os.path.dirname(exported.version_directory)
+    result = denoise.run(["run", "--input", str(image_directory), "--model", model_root, "--out", str(out),
+                          "--noise", "gaussian:0.2", "--seed", "11", "--batch_size", "4"])
     summary = result.summary
     assert (summary["denoised_images"], summary["bad_images"], summary["skipped_files"]) == (len(GOOD_FILES), 3, 1)
     assert summary["mean_denoised_psnr"] > summary["mean_noisy_psnr"] + 1.0

@@ -1,8 +1,6 @@
 """Pure image functions: noise, PSNR/SSIM against known values and TensorFlow, padding, codecs, array files."""
 
 import io
-import os
-import zipfile
 
 import numpy as np
 import pytest

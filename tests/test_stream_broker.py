@@ -19,9 +19,19 @@ from streaming.broker import free_port
 from streaming.config import StreamConfig
 from streaming.consumer import StreamProcessor
 from streaming.kafka_clients import make_producer
-from tests.streaming_fixtures import (StreamProcess, TopicReader, committed_offsets, create_topics,  # noqa: F401
-                                      exported_detector, kafka_broker, outcomes_by_offset, produce, publish_copy,
-                                      read_topic, settings_for, unique, wait_until)
+from tests.streaming_fixtures import (
+    StreamProcess,
+    TopicReader,
+    committed_offsets,
+    create_topics,
+    outcomes_by_offset,
+    produce,
+    publish_copy,
+    read_topic,
+    settings_for,
+    unique,
+    wait_until,
+)
 from tests.test_stream_units import MALFORMED
 
 PARTITIONS = 4

@@ -13,6 +13,7 @@ import tensorflow as tf
 from kafka.consumer.fetcher import ConsumerRecord
 
 from models.common import files
+from models.common.flags import parse_flags
 from models.detection.detector import bucket_size, load_detector
 from models.ecg import BEAT_LENGTH
 from models.ecg.sources import DatasetSpec, load_dataset
@@ -20,7 +21,6 @@ from models.family import registry
 from streaming import codec, events, replay
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector
-from models.common.flags import parse_flags
 from streaming.config import StreamConfig, client_options, parse_kafka_options
 from streaming.handler import BatchHandler
 from streaming.hotswap import ModelWatcher
@@ -97,7 +97,8 @@ def test_every_malformed_class_is_a_decode_error_with_its_reason(name):
 def test_malformed_binary_messages_are_decode_errors():
     good = codec.encode_binary("h", "d", 1.0, BEAT)
     binary = [(codec.CONTENT_TYPE_HEADER, codec.BINARY_CONTENT_TYPE.encode())]
-    cases = {b"XXXX" + good[4:]: "bad binary message", good[:-4]: "bad binary message", good + b"\0" * 4: "wrong length",
+    cases = {b"XXXX" + good[4:]: "bad binary message", good[:-4]: "bad binary message",
+             good + b"\0" * 4: "wrong length",
              codec.encode_binary("h", "d", 1.0, np.where(np.arange(140) == 3, np.inf, BEAT)): "non-finite value"}
     for value, reason in cases.items():
         with pytest.raises(codec.DecodeError) as raised:
@@ -111,7 +112,8 @@ def test_malformed_binary_messages_are_decode_errors():
 def test_a_batch_keeps_its_good_messages_in_order_and_names_every_bad_one():
     binary_header = [(codec.CONTENT_TYPE_HEADER, codec.BINARY_CONTENT_TYPE.encode())]
     messages = [(json_message(id="a"), None), (MALFORMED["string sample"][0], None),
-                (codec.encode_binary("b", "device-2", 2.0, BEAT * 2), binary_header), (MALFORMED["NaN sample"][0], None),
+                (codec.encode_binary("b", "device-2", 2.0, BEAT * 2), binary_header),
+                (MALFORMED["NaN sample"][0], None),
                 (json_message(id="c", beat=[1] * BEAT_LENGTH), None), (b"", None),
                 (MALFORMED["float32 overflow"][0], None)]
     decoded = codec.decode_batch(messages)
