@@ -48,15 +48,12 @@ class DenoiseTrainResult:
 
 def denoiser_root(model_root: str) -> artifacts.ArtifactRoot:
     """The versioned-artifact view of a denoiser model root."""
-    return artifacts.ArtifactRoot(model_root, MODEL_FILE, KIND)
+    return artifacts.ArtifactRoot(model_root, MODEL_FILE, KIND, hint="run `heartwatch denoise train` first")
 
 
 def resolve_denoiser_directory(path: str) -> str:
     """A version directory as given, or the newest version under a model root."""
-    try:
-        return artifacts.resolve(path, MODEL_FILE, KIND)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} (run `heartwatch denoise train` first)") from None
+    return denoiser_root(path).resolve()
 
 
 def parse_synthetic(spec: str) -> dict:

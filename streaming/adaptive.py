@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.detection.thresholds import is_anomalous
+
 GLOBAL_KIND = "global"
 DEVICE_KIND = "device"
 
@@ -67,7 +69,7 @@ class DeviceThresholds:
             value, kind = self.threshold_for(device_id, thresholds[index])
             if kind == DEVICE_KIND:
                 thresholds[index], kinds[index] = value, kind
-                is_anomaly[index] = anomaly_scores[index] > value
+                is_anomaly[index] = is_anomalous(anomaly_scores[index], value)
         self.update(device_ids, anomaly_scores, detector_flags)
         return thresholds, kinds, is_anomaly
 

@@ -101,7 +101,7 @@ class ModelWatcher:
 
     def _refuse_incomplete(self, complete: set[int]) -> None:
         """Refuses, once, each newer numbered folder that lacked its SavedModel on two polls in a row."""
-        numbered = {int(name) for name in files.list_directory(self.model_root) if name.isdigit()}
+        numbered = set(self.artifacts.numbered())
         incomplete = {version for version in numbered - complete if version > self._newest_seen}
         for version in sorted(incomplete & self._incomplete_seen - self._incomplete_refused):
             self._incomplete_refused.add(version)

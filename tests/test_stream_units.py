@@ -18,7 +18,7 @@ from models.detection.detector import bucket_size, load_detector
 from models.ecg import BEAT_LENGTH
 from models.ecg.sources import DatasetSpec, load_dataset
 from models.family import registry
-from streaming import codec, events, replay
+from streaming import codec, events
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector
 from streaming.config import StreamConfig, client_options, parse_kafka_options
@@ -363,8 +363,6 @@ def test_replay_reads_data_sets_through_the_file_layer():
     path = f"ram://{files.unique_name('replay-')}/sample.txt"
     rows = ["1.0 " + " ".join(["0.5"] * BEAT_LENGTH), "3.0 " + " ".join(["0.25"] * BEAT_LENGTH)]
     files.write_text(path, "\n".join(rows) + "\n")
-    dataset = load_dataset(DatasetSpec(path=path), open_fn=replay.open_data_file)
+    dataset = load_dataset(DatasetSpec(path=path))  # what replay and the demo call: the file layer's opener
     assert len(dataset) == 2 and dataset.is_anomaly.tolist() == [0, 1]
     np.testing.assert_allclose(dataset.beats[1], 0.25)
-    with pytest.raises(ValueError, match="binary reading"):
-        replay.open_data_file(path, "w")

@@ -52,16 +52,24 @@ def utc_now() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactRoot:
-    """A model root holding integer versions; ``marker`` is the relative path every complete version has."""
+    """A model root holding integer versions; ``marker`` is the relative path every complete version has.
+
+    ``hint`` ends the error when a root holds no version (e.g. the command that makes one).
+    """
 
     root: str
     marker: str
     kind: str = "model"
+    hint: str = ""
+
+    def numbered(self) -> list[int]:
+        """Every integer-named entry under the root, complete or not, oldest first."""
+        return sorted(int(name) for name in files.list_directory(self.root) if _VERSION_PATTERN.match(name))
 
     def versions(self) -> list[int]:
         """Complete versions (their marker exists), oldest first."""
-        return sorted(int(name) for name in files.list_directory(self.root)
-                      if _VERSION_PATTERN.match(name) and files.exists(files.join(self.root, name, self.marker)))
+        return [number for number in self.numbered()
+                if files.exists(files.join(self.version_directory(number), self.marker))]
 
     def version_directory(self, version: int) -> str:
         """The directory of ``version``."""
@@ -75,9 +83,14 @@ class ArtifactRoot:
         """The newest complete version's directory; FileNotFoundError when there is none."""
         versions = self.versions()
         if not versions:
+            hint = f" ({self.hint})" if self.hint else ""
             raise FileNotFoundError(
-                f"no {self.kind} at {self.root!r}: expected {self.root}/<version>/{self.marker}")
+                f"no {self.kind} at {self.root!r}: expected {self.root}/<version>/{self.marker}{hint}")
         return self.version_directory(versions[-1])
+
+    def resolve(self) -> str:
+        """The root itself when it is one version directory, else its newest version."""
+        return self.root if self.is_version(self.root) else self.newest()
 
     def staging_directory(self) -> str:
         """A fresh directory to build a version in, beside the versions (never listed as one)."""
@@ -92,8 +105,7 @@ class ArtifactRoot:
         if not files.exists(files.join(staging_directory, self.marker)):
             raise ValueError(f"cannot publish {staging_directory}: {self.marker} is missing")
         for _ in range(PUBLISH_ATTEMPTS):
-            existing = [int(name) for name in files.list_directory(self.root) if _VERSION_PATTERN.match(name)]
-            version = max(existing, default=0) + 1
+            version = max(self.numbered(), default=0) + 1
             write_card(staging_directory, {**card, "version": str(version)})
             destination = self.version_directory(version)
             if files.has_scheme(self.root):
@@ -131,8 +143,7 @@ class ArtifactRoot:
 
 def resolve(path: str, marker: str, kind: str = "model") -> str:
     """A version directory given either that directory or a model root (then its newest version)."""
-    root = ArtifactRoot(path, marker, kind)
-    return path if root.is_version(path) else root.newest()
+    return ArtifactRoot(path, marker, kind).resolve()
 
 
 def write_card(version_directory: str, card: dict) -> str:

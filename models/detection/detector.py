@@ -48,15 +48,12 @@ PROBE_BEATS = 8
 
 def artifact_root(model_root: str) -> artifacts.ArtifactRoot:
     """The versioned-artifact view of a detector model root."""
-    return artifacts.ArtifactRoot(model_root, SAVED_MODEL_MARKER, KIND)
+    return artifacts.ArtifactRoot(model_root, SAVED_MODEL_MARKER, KIND, hint="run `heartwatch train` first")
 
 
 def resolve_version_directory(path: str) -> str:
     """Accepts a version directory or a model root (then picks the newest version)."""
-    try:
-        return artifacts.resolve(path, SAVED_MODEL_MARKER, KIND)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error} (run `heartwatch train` first)") from None
+    return artifact_root(path).resolve()
 
 
 def is_model_root(path: str) -> bool:

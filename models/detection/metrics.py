@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as sklearn_metrics
 
+from models.detection import thresholds
 from models.ecg import ANOMALY, NORMAL
 
 
@@ -86,9 +87,12 @@ def average_precision(is_anomaly, scores) -> float:
 
 
 def classification_metrics(is_anomaly, scores, threshold_value: float) -> dict:
-    """Accuracy, precision, recall, F1, ROC-AUC, PR-AUC and the confusion matrix at a threshold."""
+    """Accuracy, precision, recall, F1, ROC-AUC, PR-AUC and the confusion matrix at a threshold.
+
+    Beats are flagged by the one rule, ``thresholds.is_anomalous`` (score strictly above the threshold).
+    """
     labels, values = _labels_and_scores(is_anomaly, scores)
-    predicted = values > float(threshold_value)
+    predicted = thresholds.is_anomalous(values, float(threshold_value))
     counts = confusion_matrix(labels, predicted)
     precision = _safe_ratio(counts["true_positive"], counts["true_positive"] + counts["false_positive"])
     recall = _safe_ratio(counts["true_positive"], counts["true_positive"] + counts["false_negative"])
