@@ -31,7 +31,6 @@ from models.detection import thresholds
 from models.detection.detector import SAVED_MODEL_DIRECTORY, SAVED_MODEL_MARKER, DetectorModule, artifact_root
 from models.ecg.sources import DatasetSpec, load_dataset
 from models.training.fit import CandidateConfig, train_autoencoder
-from streaming import replay
 from streaming.broker import LocalBroker
 from streaming.config import KafkaSettings
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
@@ -97,7 +96,7 @@ class ExportedDetector:
 @pytest.fixture(scope="session")
 def exported_detector(tmp_path_factory, ecg5000_path) -> ExportedDetector:
     """A dense detector trained on the real sample's normal beats; threshold by max F1 over the sample."""
-    dataset = load_dataset(DatasetSpec(path=ecg5000_path), open_fn=replay.open_data_file)
+    dataset = load_dataset(DatasetSpec(path=ecg5000_path))
     normal = dataset.beats[dataset.is_anomaly == 0]
     scaling = MinMaxScaling(normal)
     scaled = scaling(tf.constant(normal)).numpy()
