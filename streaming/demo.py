@@ -112,9 +112,9 @@ def ensure_model(config: DemoConfig) -> None:
 
 
 def _child_environment() -> dict:
+    """This environment with the repository on the path (TensorFlow's log level is inherited)."""
     path = os.environ.get("PYTHONPATH", "")
-    return dict(os.environ, PYTHONPATH=REPOSITORY + (os.pathsep + path if path else ""),
-                TF_CPP_MIN_LOG_LEVEL="2")
+    return dict(os.environ, PYTHONPATH=REPOSITORY + (os.pathsep + path if path else ""))
 
 
 def start_stream(config: DemoConfig, bootstrap_servers: str, log) -> subprocess.Popen:
