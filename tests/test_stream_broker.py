@@ -142,8 +142,9 @@ def test_detects_real_ecg_anomalies_and_dead_letters_every_malformed_class(kafka
                     for name, value in malformed_values.items()]
     bad = dict(zip(produce(kafka_broker, names["input"], bad_messages), malformed_values))
     metrics_port = free_port()
-    config = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers,
-                          model_dir=exported_detector.version_directory,
+    model_root = f"ram://{unique('models')}"  # the stream serves a model root on a non-local scheme
+    publish_copy(model_root, exported_detector.version_directory)
+    config = StreamConfig(bootstrap_servers=kafka_broker.bootstrap_servers, model_dir=model_root,
                           group_id=names["group"], input_topic=names["input"], events_topic=names["events"],
                           scores_topic=names["scores"], dead_letter_topic=names["dead"], alerts_topic=names["alerts"],
                           metrics_port=metrics_port, log_format="text", session_timeout_ms=3000,
