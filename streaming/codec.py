@@ -22,6 +22,12 @@ Binary encoding (content type ``application/x-heartwatch-beat``), little-endian 
 so a message is exactly ``576 + I + D`` bytes. A consumer picks the decoder from the
 ``content-type`` header (``input_encoding=auto``), or is forced to one with ``input_encoding``.
 
+Limits, checked before any parser can get into trouble (each refusal is a dead letter with its reason):
+arrays and objects may nest at most ``MAX_JSON_DEPTH`` levels (``too deeply nested``); an integer
+literal may have at most ``MAX_INTEGER_DIGITS`` digits and ``id`` and ``ts`` integers must fit int64
+(``integer out of range``); ``id`` and ``device_id`` must be valid Unicode, so a lone UTF-16 surrogate
+escape such as ``"\\ud800"`` is refused (``invalid string``) rather than reaching an output encoder.
+
 ``decode_batch`` decodes a micro-batch at once: the good messages as columns with one float32 beat
 matrix, and for every other message a reason that starts with one of ``REASONS``, which the consumer
 turns into a dead-letter record. ``decode_message`` does the same for one message and raises
@@ -33,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -53,7 +60,14 @@ BINARY_BEAT_BYTES = BEAT_LENGTH * 4
 BINARY_BEAT_DTYPE = np.dtype("<f4")
 
 REASONS = ("empty message", "oversize", "not JSON", "not an object", "missing field", "wrong type",
-           "wrong length", "non-finite value", "bad binary message", "unknown content type")
+           "wrong length", "non-finite value", "bad binary message", "unknown content type", "too deeply nested",
+           "integer out of range", "invalid string")
+MAX_JSON_DEPTH = 32
+MAX_INTEGER_DIGITS = 19  # int64 has at most 19 digits
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_LONG_INTEGER = re.compile(rb"(?<![0-9.eE+-])-?[0-9]{%d,}(?![0-9.eE])" % (MAX_INTEGER_DIGITS + 1))
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 REQUIRED_FIELDS = ("id", "device_id", "ts", "beat")
 _KNOWN_CONTENT_TYPES = {JSON_CONTENT_TYPE.encode(): "json", BINARY_CONTENT_TYPE.encode(): "binary"}
 
@@ -88,14 +102,44 @@ class DecodedBatch:
     failures: list  # (index in the input, reason), in input order
 
 
+def nesting_depth(value: bytes) -> int:
+    """How deeply arrays and objects nest in JSON bytes (brackets inside strings do not count).
+
+    Unbalanced or invalid input still gets a number (the deepest open bracket count), so this can run
+    before any parser.
+    """
+    depth = deepest = 0
+    for bracket in _JSON_STRING.sub(b'""', value).translate(None, _NOT_BRACKETS):
+        if bracket in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def check_limits(value: bytes) -> None:
+    """Raises ``DecodeError`` for JSON nested deeper than ``MAX_JSON_DEPTH`` or an integer literal longer
+    than ``MAX_INTEGER_DIGITS`` digits (outside strings): what would exhaust a recursive parser or overflow."""
+    brackets = value.count(b"[") + value.count(b"{")
+    depth = nesting_depth(value) if brackets > MAX_JSON_DEPTH else brackets
+    if depth > MAX_JSON_DEPTH:
+        raise DecodeError(f"too deeply nested: arrays and objects nest {depth} levels, at most {MAX_JSON_DEPTH}")
+    long_integer = _LONG_INTEGER.search(_JSON_STRING.sub(b'""', value))
+    if long_integer is not None:
+        raise DecodeError(f"integer out of range: an integer of {len(long_integer.group().lstrip(b'-'))} digits, "
+                          f"at most {MAX_INTEGER_DIGITS}")
+
+
 def _json_loads(value: bytes):
+    check_limits(value)
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
         pass  # NaN and Infinity are not JSON, but Python writes them: the lenient parser gives a better reason
     try:
         return json.loads(value)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise DecodeError(f"not JSON: {error}") from None
 
 
@@ -174,10 +218,11 @@ def _plain_json_fields(value: bytes, parser) -> tuple | None:
 
     None for anything but a plain message (invalid JSON, a missing field, an object where a scalar
     belongs, nested, boolean, null or string samples...): the general parser then names the reason in
-    the same words for both paths. Nesting is ruled out by requiring a single ``[``, because simdjson
-    would flatten nested arrays.
+    the same words for both paths. Nesting is ruled out by requiring a single ``[`` (simdjson would
+    flatten nested arrays) and a single ``{`` (so the general parser checks the depth of anything nested).
     """
-    if value.count(b"[") != 1:
+    opening = value.find(b"[")  # find scans with memchr, several times faster than count
+    if opening == -1 or value.find(b"[", opening + 1) != -1 or value.find(b"{", 1) != -1:
         return None
     try:
         document = parser.parse(value)
@@ -192,7 +237,8 @@ def _plain_json_fields(value: bytes, parser) -> tuple | None:
 
 def _parse_json(value: bytes, parser) -> tuple:
     fields = _plain_json_fields(value, parser)
-    if fields is None:
+    general = fields is None
+    if general:
         document = _json_loads(value)
         if not isinstance(document, dict):
             raise DecodeError(f"not an object: got a JSON {type(document).__name__}")
@@ -207,6 +253,14 @@ def _parse_json(value: bytes, parser) -> tuple:
         raise DecodeError(f"wrong type: device_id must be a non-empty string, got {device_id!r:.40}")
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise DecodeError(f"wrong type: ts must be a number, got {type(ts).__name__}")
+    if isinstance(heartbeat_id, int) and not INT64_MIN <= heartbeat_id <= INT64_MAX:
+        raise DecodeError("integer out of range: id does not fit int64")
+    if isinstance(ts, int) and not INT64_MIN <= ts <= INT64_MAX:
+        raise DecodeError("integer out of range: ts does not fit int64")
+    if general:  # only the lenient parser lets lone surrogates through (orjson and simdjson refuse them)
+        for name, text in (("id", heartbeat_id), ("device_id", device_id)):
+            if isinstance(text, str) and not _is_valid_unicode(text):
+                raise DecodeError(f"invalid string: {name} is not valid Unicode (a lone UTF-16 surrogate?)")
     if not math.isfinite(ts):
         raise DecodeError(f"non-finite value: ts is {ts}")
     if not isinstance(beat, (list, np.ndarray)):
@@ -222,6 +276,14 @@ def _check_no_booleans(beat: list) -> None:
     for index, sample in enumerate(beat):
         if isinstance(sample, bool):
             raise DecodeError(f"wrong type: beat[{index}] is a boolean")
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_binary(value: bytes) -> tuple:

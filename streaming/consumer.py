@@ -38,7 +38,7 @@ from streaming import topics
 from streaming.alerts import WebhookSender
 from streaming.commits import CommitTracker, log_failed_commit
 from streaming.config import StreamConfig
-from streaming.handler import BatchHandler, BatchOutput
+from streaming.handler import BatchHandler, BatchOutput, DeadLetterError
 from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
 from streaming.monitoring import StreamMetrics, quiet_kafka_logs, use_json_logs
@@ -152,13 +152,16 @@ class StreamProcessor:
 
     def run(self) -> StreamSummary:
         """Consumes until asked to stop; returns the counts. Raises ``streaming.commits.DeliveryError`` if output
-        is not acknowledged."""
+        is not acknowledged, and ``SystemExit(1)`` after one error line if a dead letter cannot be built."""
         self._install_signal_handlers()
         try:
             self._start()
             self._loop()
             self._finish_batches()
             self.commits.commit_positions()
+        except DeadLetterError as error:  # the batch is neither sent nor committed: its owner re-reads it
+            LOGGER.error("stream %s stopped without committing: %s", self.processor_id, error)
+            raise SystemExit(1) from None
         finally:
             self._close()
         self.summary.commits = self.commits.commits if self.commits is not None else 0

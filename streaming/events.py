@@ -119,11 +119,19 @@ def dead_letter_headers(original_headers, *, reason: str, topic: str, partition:
     return headers
 
 
+LABEL_MAX_BYTES = 20  # "-9223372036854775808"
+
+
 def parse_label(value: bytes | None) -> int | None:
-    """The ground-truth label header (``0``, ``1`` or ``-1``) as an integer, or None."""
-    if value is None:
+    """The ground-truth label header (``0``, ``1`` or ``-1``) as an integer, or None.
+
+    A value that is not an integer fitting int64 is ignored like a missing one (the outputs then carry
+    no label), so no label can overflow an output encoder.
+    """
+    if not isinstance(value, (bytes, bytearray)) or len(value) > LABEL_MAX_BYTES:
         return None
     try:
-        return int(value)
+        label = int(value)
     except ValueError:
         return None
+    return label if -(2 ** 63) <= label < 2 ** 63 else None

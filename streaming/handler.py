@@ -13,6 +13,15 @@
 
 It sends nothing: it returns the output records, in order, for the consumer to send and acknowledge
 (``streaming.commits``), so it needs no Kafka connection.
+
+No message can raise out of ``handle``: every message ends as exactly one outcome, scored or dead-lettered.
+A message that fails decoding or validation, or whose score record or event cannot be encoded
+(``unencodable output``), becomes a dead letter with its original bytes and the reason. An unexpected
+exception while handling a batch makes the handler handle that batch again message by message, so one
+message cannot take the batch with it; a message that still raises on its own is dead-lettered with
+``internal error: <exception>``. The normal path does no per-message work for this. Only when a dead
+letter itself cannot be built does ``handle`` raise ``DeadLetterError``: the consumer then stops
+without committing.
 """
 
 from __future__ import annotations
@@ -31,6 +40,12 @@ from streaming.alerts import BurstDetector
 LOGGER = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX_BYTES = 3 << 20
+HANDLER_REASONS = ("unencodable output", "internal error")
+REASON_MAX_CHARACTERS = 300
+
+
+class DeadLetterError(RuntimeError):
+    """The dead letter of a message cannot be built: the stream must stop without committing that batch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +68,15 @@ class BatchOutput:
     dead_letters: list = dataclasses.field(default_factory=list)  # reason class of each dead letter
     alerts: list = dataclasses.field(default_factory=list)
     scoring_seconds: float = 0.0
+
+    def extend(self, other: BatchOutput) -> None:
+        """Appends the records and counts of ``other`` (the output of a later part of the batch)."""
+        self.records += other.records
+        self.scored += other.scored
+        self.anomalies += other.anomalies
+        self.dead_letters += other.dead_letters
+        self.alerts += other.alerts
+        self.scoring_seconds += other.scoring_seconds
 
 
 def verdicts(scores: dict, device_ids, device_thresholds: DeviceThresholds | None) -> tuple:
@@ -78,14 +102,34 @@ class BatchHandler:
             self.device_thresholds.reset()
 
     def handle(self, records, detector: Detector) -> BatchOutput:
-        """The one handler per batch: decode, score with ``detector``, build the output records."""
+        """The one handler per batch: decode, score with ``detector``, build the output records.
+
+        Raises only ``DeadLetterError`` (a dead letter could not be built); see the module doc.
+        """
+        try:
+            return self._handle_batch(records, detector)
+        except DeadLetterError:
+            raise
+        except Exception as error:  # isolate the message that caused it, whatever it was
+            LOGGER.warning("handling a batch of %d messages failed (%s: %s); handling it message by message",
+                           len(records), type(error).__name__, error)
+        output = BatchOutput()
+        for record in records:
+            try:
+                output.extend(self._handle_batch([record], detector))
+            except DeadLetterError:
+                raise
+            except Exception as error:  # this message alone raises: it becomes a dead letter
+                self._add_dead_letter(output, record, f"internal error: {type(error).__name__}: {error}")
+        return output
+
+    def _handle_batch(self, records, detector: Detector) -> BatchOutput:
         config = self.config
         output = BatchOutput()
         decoded = codec.decode_batch([(record.value, record.headers) for record in records], config.input_encoding,
                                      config.max_message_bytes)
         for position, reason in decoded.failures:
-            output.records.append(self.dead_letter(records[position], reason))
-            output.dead_letters.append(reason.split(":", 1)[0])
+            self._add_dead_letter(output, records[position], reason)
         if decoded.positions:
             self._score(detector, [records[position] for position in decoded.positions], decoded, output)
         return output
@@ -104,6 +148,7 @@ class BatchHandler:
         emitted = range(len(records)) if config.scores_topic else anomalous.tolist()
         anomaly_scores, errors = scores["anomaly_score"].tolist(), scores["reconstruction_error"].tolist()
         thresholds, is_anomaly = np.asarray(thresholds).tolist(), np.asarray(is_anomaly).tolist()
+        output.scored = len(records)
         for index in emitted:
             record, device_id = records[index], device_ids[index]
             score = events.score_record(
@@ -113,15 +158,21 @@ class BatchHandler:
                 partition=record.partition, offset=record.offset, event_time=decoded.timestamps[index],
                 detection_time=detection_time, processor=self.processor_id,
                 label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER)))
-            key = device_id.encode()
-            if config.scores_topic:
-                output.records.append(OutputRecord(config.scores_topic, key, codec.dumps(score)))
-            if is_anomaly[index]:
-                event = events.anomaly_event(score, segments[index])
-                output.records.append(OutputRecord(config.events_topic, key, codec.dumps(event)))
+            try:  # every record of the message is encoded before any is kept: one outcome per message
+                key = device_id.encode()
+                score_value = codec.dumps(score) if config.scores_topic else None
+                event = events.anomaly_event(score, segments[index]) if is_anomaly[index] else None
+                event_value = codec.dumps(event) if event is not None else None
+            except (TypeError, ValueError) as error:  # orjson.JSONEncodeError is a TypeError
+                output.scored -= 1
+                self._add_dead_letter(output, record, f"unencodable output: {error}")
+                continue
+            if score_value is not None:
+                output.records.append(OutputRecord(config.scores_topic, key, score_value))
+            if event is not None:
+                output.records.append(OutputRecord(config.events_topic, key, event_value))
                 output.anomalies += 1
                 self._alert_if_burst(event, output)
-        output.scored = len(records)
 
     def _alert_if_burst(self, event: dict, output: BatchOutput) -> None:
         alert = self.bursts.observe(event)
@@ -133,6 +184,18 @@ class BatchHandler:
         if self.config.alerts_topic:
             output.records.append(OutputRecord(self.config.alerts_topic, alert["device_id"].encode(),
                                                codec.dumps(alert)))
+
+    def _add_dead_letter(self, output: BatchOutput, record, reason: str) -> None:
+        """Adds the dead letter of ``record``; raises ``DeadLetterError`` when it cannot be built."""
+        reason = reason[:REASON_MAX_CHARACTERS]
+        try:
+            output.records.append(self.dead_letter(record, reason))
+        except Exception as error:  # whatever it is, this message cannot be set aside
+            raise DeadLetterError(
+                f"the dead letter of {getattr(record, 'topic', '?')}/{getattr(record, 'partition', '?')}/"
+                f"{getattr(record, 'offset', '?')} ({reason}) could not be built: {type(error).__name__}: {error}"
+            ) from error
+        output.dead_letters.append(reason.split(":", 1)[0])
 
     def dead_letter(self, record, reason: str) -> OutputRecord:
         """The dead letter of ``record``: its original key and value (cut to 3 MiB) with the reason headers."""

@@ -22,7 +22,7 @@ from streaming import codec, events
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector
 from streaming.config import StreamConfig, client_options, parse_kafka_options
-from streaming.handler import BatchHandler
+from streaming.handler import BatchHandler, DeadLetterError
 from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import KNOWN_KEYS
 from tests.streaming_fixtures import export_detector
@@ -366,3 +366,120 @@ def test_replay_reads_data_sets_through_the_file_layer():
     dataset = load_dataset(DatasetSpec(path=path))  # what replay and the demo call: the file layer's opener
     assert len(dataset) == 2 and dataset.is_anomaly.tolist() == [0, 1]
     np.testing.assert_allclose(dataset.beats[1], 0.25)
+
+
+def outcomes(output, records, config) -> dict:
+    """``{offset: [outcome, ...]}``: ``"scored"`` per score record, the reason per dead letter."""
+    found = {record.offset: [] for record in records}
+    for record in output.records:
+        if record.topic == config.scores_topic:
+            found[codec.loads(record.value)["source_offset"]].append("scored")
+        elif record.topic == config.dead_letter_topic:
+            headers = dict(record.headers)
+            found[int(headers[events.DLQ_OFFSET_HEADER])].append(headers[events.DLQ_REASON_HEADER].decode())
+    return found
+
+
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"0" + b"]" * depth
+
+
+VALID = json_message().decode()
+POISON = {  # the messages that crashed the stream before it committed: (value, headers, reason prefix)
+    "nested top level": (nested(5000), None, "too deeply nested"),
+    "nested objects": (b'{"a":' * 5000 + b"1" + b"}" * 5000, None, "too deeply nested"),
+    "nested in beat": (VALID.replace('"beat": [', '"beat": ' + "[" * 3000 + "[", 1).encode() + b"]" * 3000, None,
+                       "too deeply nested"),
+    "nested beyond the limit": (json_message(extra=json.loads(nested(codec.MAX_JSON_DEPTH))), None,
+                                "too deeply nested"),
+    "huge integer id": (json_message(id=10 ** 400), None, "integer out of range"),
+    "huge integer ts": (json_message(ts=10 ** 400), None, "integer out of range"),
+    "huge integer sample": (json_message(beat=[10 ** 400] + [0] * 139), None, "integer out of range"),
+    "huge integer extra field": (json_message(extra=-(10 ** 30)), None, "integer out of range"),
+    "4301-digit integer": (VALID.replace('"ts": 1790000000.5', '"ts": ' + "9" * 4301).encode(), None,
+                           "integer out of range"),
+    "id beyond int64": (json_message(id=2 ** 63), None, "integer out of range"),
+    "ts beyond int64": (json_message(ts=2 ** 64 - 1), None, "integer out of range"),
+    "lone surrogate id": (VALID.replace('"h1"', '"\\ud800"').encode(), None, "invalid string: id"),
+    "lone surrogate device": (VALID.replace('"device-1"', '"dev\\udfff"').encode(), None,
+                              "invalid string: device_id"),
+    "lone surrogate with NaN": (VALID.replace('"h1"', '"\\udc00"').replace("1790000000.5", "NaN").encode(), None,
+                                "invalid string: id"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POISON))
+def test_every_poison_class_is_one_dead_letter_and_the_batch_goes_on(tiny_detectors, name):
+    value, headers, reason = POISON[name]
+    records = consumer_records([json_message(id="before"), value, json_message(id="after")])
+    records[1] = records[1]._replace(headers=headers or [])
+    config = stream_config()
+    output = BatchHandler(config, "host:1").handle(records, tiny_detectors["flags_every_beat"])
+    found = outcomes(output, records, config)
+    assert found[0] == ["scored"] and found[2] == ["scored"], found
+    assert len(found[1]) == 1 and found[1][0].startswith(reason), found[1]
+    assert found[1][0].split(":", 1)[0] in codec.REASONS
+    dead_letter = next(record for record in output.records if record.topic == config.dead_letter_topic)
+    assert dead_letter.value == value and output.scored == 2 and output.anomalies == 2
+    assert output.dead_letters == [reason.split(":", 1)[0]]
+
+
+def test_the_limits_themselves_are_accepted(tiny_detectors):
+    deepest = json.loads(nested(codec.MAX_JSON_DEPTH - 2))  # the object and this field are two more levels
+    values = [json_message(extra=deepest), json_message(id=2 ** 63 - 1, ts=-(2 ** 63)),
+              json_message(extra="\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace")),
+              VALID.replace('"beat"', '"note": "\\ud800 [[[[ 123456789012345678901234567890", "beat"').encode()]
+    records = consumer_records(values)
+    config = stream_config()
+    output = BatchHandler(config, "host:1").handle(records, tiny_detectors["flags_no_beat"])
+    assert outcomes(output, records, config) == {0: ["scored"], 1: ["scored"], 2: ["scored"], 3: ["scored"]}
+    assert codec.nesting_depth(nested(codec.MAX_JSON_DEPTH)) == codec.MAX_JSON_DEPTH
+    assert codec.nesting_depth(b'["[[[[", {"a": "]]]"}]') == 2
+
+
+@pytest.mark.parametrize("label, expected", [(b"1", 1), (b"-1", -1), (b"9223372036854775807", 2 ** 63 - 1),
+                                             (b"9223372036854775808", None), (b"9" * 5000, None),
+                                             (b"-" + b"9" * 30, None), (b"abc", None), (b"\xff", None)])
+def test_a_label_header_is_an_int64_or_none(tiny_detectors, label, expected):
+    records = consumer_records([json_message()])
+    records[0] = records[0]._replace(headers=[(codec.LABEL_HEADER, label)])
+    config = stream_config()
+    output = BatchHandler(config, "host:1").handle(records, tiny_detectors["flags_every_beat"])
+    assert outcomes(output, records, config) == {0: ["scored"]}
+    for record in output.records:
+        assert codec.loads(record.value).get("label") == expected
+    assert events.parse_label(label) == expected
+
+
+def test_an_output_that_cannot_be_encoded_dead_letters_its_message(tiny_detectors):
+    records = consumer_records(beat_messages([BEAT, BEAT]))
+    config = stream_config()
+    output = BatchHandler(config, "host:\ud800").handle(records, tiny_detectors["flags_every_beat"])
+    found = outcomes(output, records, config)
+    assert [len(reasons) for reasons in found.values()] == [1, 1]
+    assert all(reasons[0].startswith("unencodable output") for reasons in found.values()), found
+    assert output.scored == 0 and output.anomalies == 0 and output.dead_letters == ["unencodable output"] * 2
+    assert all(record.topic == config.dead_letter_topic for record in output.records)
+
+
+def test_an_unexpected_error_falls_back_to_one_message_at_a_time(tiny_detectors, caplog):
+    records = consumer_records(beat_messages([BEAT, BEAT * 2]) + [b"{not json"])
+    records.insert(1, records[0]._replace(offset=3, value="a str is not bytes"))  # decode_batch raises TypeError
+    config = stream_config()
+    with caplog.at_level(logging.WARNING, logger="streaming.handler"):
+        output = BatchHandler(config, "host:1").handle(records, tiny_detectors["flags_every_beat"])
+    assert "message by message" in caplog.text
+    found = outcomes(output, records, config)
+    assert found[0] == found[1] == ["scored"] and found[2][0].startswith("not JSON")
+    assert len(found[3]) == 1 and found[3][0].startswith("internal error: TypeError"), found[3]
+    assert output.scored == 2 and output.anomalies == 2
+    assert output.dead_letters == ["internal error", "not JSON"]
+    assert [codec.loads(record.value)["source_offset"] for record in output.records
+            if record.topic == config.events_topic] == [0, 1]
+
+
+def test_a_dead_letter_that_cannot_be_built_stops_the_handler(tiny_detectors):
+    records = consumer_records([json_message(), b"{not json"])
+    records[1] = records[1]._replace(headers=[(b"not-a-str-key", b"v")])
+    with pytest.raises(DeadLetterError, match="in/0/1 .*could not be built"):
+        BatchHandler(stream_config(), "host:1").handle(records, tiny_detectors["flags_every_beat"])
