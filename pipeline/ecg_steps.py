@@ -15,8 +15,16 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from models.ecg import ANOMALY, BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, SOURCE_KEY
-from models.ecg import sources as datasets
+from models.ecg import (
+    ANOMALY,
+    BEAT_KEY,
+    BEAT_LENGTH,
+    IS_ANOMALY_KEY,
+    ROW_NUMBER_KEY,
+    SOURCE_CLASS_KEY,
+    SOURCE_KEY,
+    sources,
+)
 from pipeline import splits
 
 METRICS_NAMESPACE = "heartwatch"
@@ -32,8 +40,8 @@ def open_with_beam_filesystems(path: str, mode: str = "r"):
 class ReadRows(beam.DoFn):
     """Reads one dataset's raw rows (row number, values, label text); the worker opens the file."""
 
-    def process(self, spec: datasets.DatasetSpec):
-        yield from datasets.iter_raw_rows(spec, open_fn=open_with_beam_filesystems)
+    def process(self, spec: sources.DatasetSpec):
+        yield from sources.iter_raw_rows(spec, open_fn=open_with_beam_filesystems)
 
 
 class ValidateRows(beam.DoFn):
@@ -41,7 +49,7 @@ class ValidateRows(beam.DoFn):
 
     ERRORS = "errors"
 
-    def __init__(self, spec: datasets.DatasetSpec):
+    def __init__(self, spec: sources.DatasetSpec):
         self.spec = spec
 
     def setup(self):
@@ -50,7 +58,7 @@ class ValidateRows(beam.DoFn):
 
     def process(self, raw_row):
         row_number, values, label_text = raw_row
-        record, error = datasets.validate_row(row_number, values, label_text, self.spec)
+        record, error = sources.validate_row(row_number, values, label_text, self.spec)
         if error is not None:
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput(self.ERRORS, error)
@@ -65,7 +73,7 @@ class ReadValidRows(beam.PTransform):
     ``spread`` reshuffles the rows before validation so that the work after it fans out over workers.
     """
 
-    def __init__(self, spec: datasets.DatasetSpec, spread: bool = False):
+    def __init__(self, spec: sources.DatasetSpec, spread: bool = False):
         super().__init__()
         self.spec = spec
         self.spread = spread

@@ -22,8 +22,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from models.common import files
 from models.common.flags import parse_beam_flags
 from models.detection import metrics
-from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL
-from models.ecg import sources as datasets
+from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL, sources
 from pipeline.config import ScoreConfig
 from pipeline.ecg_steps import ReadValidRows, open_with_beam_filesystems
 from pipeline.export import format_metrics
@@ -130,7 +129,7 @@ def count_lines(path: str) -> int:
 def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, model_directory: str, errors_path: str,
                    metrics_path: str) -> None:
     """Adds the scoring job to ``pipeline``: read -> validate -> RunInference -> CSV, errors and metrics."""
-    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))
     records, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec)
     scored = (records

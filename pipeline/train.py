@@ -28,7 +28,7 @@ import apache_beam as beam
 
 from models.common import artifacts, files
 from models.common.flags import parse_beam_flags
-from models.ecg import sources as datasets
+from models.ecg import sources
 from pipeline import filesystems, splits
 from pipeline.config import TrainConfig
 from pipeline.ecg_candidates import TrainCandidate
@@ -57,10 +57,10 @@ class TrainResult:
     summary: dict
 
 
-def _data_sha256(spec: datasets.DatasetSpec) -> str | None:
+def _data_sha256(spec: sources.DatasetSpec) -> str | None:
     if spec.resolved_format() == "synthetic":
         return None
-    return datasets.file_sha256(datasets.resolve_path(spec.path, spec.cache_dir))
+    return sources.file_sha256(sources.resolve_path(spec.path, spec.cache_dir))
 
 
 def _sorted_error_lines(errors: list) -> list[str]:
@@ -85,7 +85,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
 
     from pipeline.transform import make_preprocessing_fn, raw_metadata
 
-    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     work_directory = work_directory or files.join(staging_directory, WORK_DIRECTORY)
     transform_directory = files.join(work_directory, "transform")
 
@@ -158,7 +158,7 @@ def run(argv=None, test_pipeline=None) -> TrainResult:
     config, beam_args = parse_beam_flags(TrainConfig, argv, prog="heartwatch train")
     from models.detection.detector import artifact_root
 
-    spec = datasets.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
     data_sha256 = _data_sha256(spec)
     root = artifact_root(config.output_dir)
     staging_directory = root.staging_directory()

@@ -16,14 +16,13 @@ from conftest import BAD_ROWS, REPOSITORY
 
 from models.common import files
 from models.detection.detector import load_detector
-from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
-from models.ecg import sources as datasets
+from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY, sources
 from pipeline import ecg_steps, export, score, splits, train
 from pipeline.transform import make_preprocessing_fn, raw_metadata
 
 
 def _spec(path="beats.txt"):
-    return datasets.DatasetSpec(path=path, format="ucr")
+    return sources.DatasetSpec(path=path, format="ucr")
 
 
 def _test_pipeline():
@@ -122,7 +121,7 @@ def test_bad_rows_are_reported_with_row_number_and_reason(trained_detector):
 
 def test_export_reloads_in_fresh_process_with_tensorflow_alone(trained_detector, sample_with_bad_rows, tmp_path):
     scores_at_training = np.load(os.path.join(trained_detector.version_directory, export.TEST_SCORES_FILE))
-    dataset = datasets.load_dataset(datasets.DatasetSpec(path=sample_with_bad_rows))
+    dataset = sources.load_dataset(sources.DatasetSpec(path=sample_with_bad_rows))
     positions = np.searchsorted(dataset.row_numbers, scores_at_training["row_number"])
     np.save(tmp_path / "beats.npy", dataset.beats[positions])
     script = (
@@ -139,7 +138,7 @@ def test_export_reloads_in_fresh_process_with_tensorflow_alone(trained_detector,
 
 def test_detector_signature_outputs(trained_detector, ecg5000_path):
     detector = load_detector(os.path.dirname(trained_detector.version_directory))
-    beats = datasets.load_dataset(datasets.DatasetSpec(path=ecg5000_path)).beats[:7]
+    beats = sources.load_dataset(sources.DatasetSpec(path=ecg5000_path)).beats[:7]
     out = detector.score(beats, batch_size=3)
     assert out["per_sample_error"].shape == (7, BEAT_LENGTH)
     np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
