@@ -1,7 +1,8 @@
 """Latent-space pictures of a trained autoencoder, written as PNG files.
 
-- ``latent_scatter``: every example's code as a point coloured by its label. Codes with more than two
-  dimensions are projected onto their first two principal components.
+- ``latent_scatter``: every example's code as a point coloured by its label (optionally named, and
+  with the decoder grid's square outlined). Codes with more than two dimensions are projected onto
+  their first two principal components.
 - ``decoder_grid``: for a two-dimensional code, the decoding of every point of a regular grid
   (default [-5, 5] in steps of 1, i.e. 11 x 11 points). Images are drawn as images, beats as curves
   on one shared vertical scale.
@@ -18,13 +19,15 @@ import logging
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from models.common import files
 
 LOGGER = logging.getLogger(__name__)
 
 
-def _write_png(figure: Figure, path: str, dpi: int) -> str:
+def write_png(figure: Figure, path: str, dpi: int) -> str:
+    """Writes ``figure`` as a PNG through the file layer; returns ``path``."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     return files.write_bytes(path, buffer.getvalue())
@@ -69,25 +72,35 @@ def project_to_two_dimensions(codes: np.ndarray) -> tuple[np.ndarray, str]:
     return centred @ directions[:2].T, "principal component"
 
 
-def latent_scatter(model, inputs: np.ndarray, labels, path: str, title: str = "latent space") -> str:
-    """Writes a PNG scatter of the codes of ``inputs`` coloured by ``labels``; returns ``path``."""
+def latent_scatter(model, inputs: np.ndarray, labels, path: str, title: str = "latent space",
+                   label_names: dict | None = None, grid: GridConfig | None = None) -> str:
+    """Writes a PNG scatter of the codes of ``inputs`` coloured by ``labels``; returns ``path``.
+
+    ``label_names`` maps a label to the name the legend shows; ``grid``, for a 2-D code, outlines the
+    square the decoder grid covers.
+    """
     labels = np.asarray(labels).ravel()
     if len(labels) != len(inputs):
         raise ValueError(f"inputs and labels differ in length: {len(inputs)} vs {len(labels)}")
     points, axis_name = project_to_two_dimensions(latent_codes(model, inputs))
-    figure = Figure(figsize=(6, 5))
+    label_names = label_names or {}
+    figure = Figure(figsize=(6.5, 5))
     axes = figure.add_subplot()
     classes = sorted(set(labels.tolist()))
     palette = [f"C{index % 10}" for index in range(len(classes))]
     for label, colour in zip(classes, palette):
         members = labels == label
-        axes.scatter(points[members, 0], points[members, 1], s=6, color=colour, label=str(label), alpha=0.7)
+        axes.scatter(points[members, 0], points[members, 1], s=6, color=colour,
+                     label=str(label_names.get(label, label)), alpha=0.7)
+    if grid is not None and axis_name == "latent":
+        axes.add_patch(Rectangle((grid.low, grid.low), grid.high - grid.low, grid.high - grid.low, fill=False,
+                                 linestyle="--", edgecolor="black", label="decoder grid"))
     axes.set_xlabel(f"{axis_name} 1")
     axes.set_ylabel(f"{axis_name} 2")
     axes.set_title(title)
-    axes.legend(title="label", markerscale=2, fontsize="small")
+    axes.legend(title="label", markerscale=2, fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     figure.tight_layout()
-    _write_png(figure, path, dpi=100)
+    write_png(figure, path, dpi=100)
     LOGGER.info("wrote latent scatter of %d examples to %s", len(inputs), path)
     return path
 
@@ -137,6 +150,6 @@ def decoder_grid(model, path: str, config: GridConfig = GridConfig(), title: str
             if column == 0:
                 axes.set_ylabel(f"{values[count - 1 - row]:g}", fontsize="x-small")
     figure.suptitle(title)
-    _write_png(figure, path, dpi=80)
+    write_png(figure, path, dpi=80)
     LOGGER.info("wrote %d x %d decoder grid to %s", count, count, path)
     return path
