@@ -60,7 +60,7 @@ def save_reconstructions(path: str, originals: np.ndarray, rows: list[tuple[str,
             axes = grid[row][column]
             _show(axes, image)
             if column == 0:
-                axes.set_ylabel(label, fontsize="small")
+                axes.set_ylabel(label.replace(" (", "\n("), fontsize="small")
             if row == 0 and titles is not None:
                 axes.set_title(str(titles[column])[:14], fontsize="x-small")
     figure.suptitle("held-out images and their reconstructions")
