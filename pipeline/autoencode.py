@@ -116,9 +116,10 @@ def train_models(config: AutoencodeConfig, splits: ImageSplits, parameters: dict
     for name in MODEL_NAMES:
         keras.utils.set_random_seed(config.seed)
         model = registry.build(name, parameters[name])
-        LOGGER.info("training %s: %d parameters, %d images %s, validation %d, up to %d epochs", model_label(
-            name, parameters[name]), model.encoder.count_params() + model.decoder.count_params(), len(splits.train), splits.train.shape[1:],
-            len(splits.validation), config.epochs)
+        size = model.encoder.count_params() + model.decoder.count_params()
+        LOGGER.info("training %s: %d parameters, %d images %s, validation %d, up to %d epochs",
+                    model_label(name, parameters[name]), size, len(splits.train), splits.train.shape[1:],
+                    len(splits.validation), config.epochs)
         results[name] = fit(model, splits.train, splits.validation, settings, verbose=config.verbose, name=name)
     return results
 

@@ -49,7 +49,7 @@ class AutoencodeConfig:
     conv_filters: tuple[int, ...] = field("filters of the stride-2 convolution stages (image sides must be "
                                           "divisible by 2 ** stages)", default=(32, 64))
     epochs: int = field("most epochs per model", default=30)
-    batch_size: int = field("images per step", default=128)
+    batch_size: int = field("images per step (32, the Keras default, as in the tutorials)", default=32)
     learning_rate: float = field("Adam learning rate", default=1e-3)
     loss: str = field(f"{' or '.join(LOSSES)}", default="mse")
     early_stopping_patience: int = field("epochs without val_loss gain; 0 off", default=5)

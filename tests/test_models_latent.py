@@ -76,3 +76,15 @@ def test_pictures_are_written_through_the_file_layer_to_any_scheme():
     scatter = latent.latent_scatter(model, beats, np.repeat([0, 1], 6), "ram://latent_test/pictures/scatter.png")
     grid = latent.decoder_grid(model, "ram://latent_test/pictures/grid.png", latent.GridConfig(-1.0, 1.0, 1.0))
     assert files.read_bytes(scatter)[:8] == PNG_SIGNATURE and files.read_bytes(grid)[:8] == PNG_SIGNATURE
+
+
+def test_latent_scatter_names_labels_and_outlines_the_decoder_grid(tmp_path):
+    model = registry.build("conv_image", {"input_shape": (12, 12, 1), "filters": (4, 8), "z_dim": 2})
+    images = np.random.default_rng(4).random((20, 12, 12, 1)).astype(np.float32)
+    labels = np.repeat([0, 1], 10)
+    path = latent.latent_scatter(model, images, labels, str(tmp_path / "named.png"), label_names={0: "top", 1: "shoe"},
+                                 grid=latent.GridConfig())
+    assert _is_png(path)
+    figure = latent.Figure()
+    latent.write_png(figure, str(tmp_path / "empty.png"), dpi=10)
+    assert _is_png(str(tmp_path / "empty.png"))

@@ -130,7 +130,8 @@ def decoder_grid(model, path: str, config: GridConfig = GridConfig(), title: str
     values, outputs = decoded_grid(model, config)
     count = len(values)
     figure = Figure(figsize=(max(4.0, 0.8 * count), max(4.0, 0.8 * count)))
-    grid = figure.add_gridspec(count, count, wspace=0.05, hspace=0.05)
+    grid = figure.add_gridspec(count, count, wspace=0.05, hspace=0.05, left=0.07, right=0.98, bottom=0.07,
+                               top=0.94)
     is_image = outputs.ndim >= 4
     low, high = float(outputs.min()), float(outputs.max())
     margin = 0.05 * max(high - low, 1e-6)
@@ -150,6 +151,8 @@ def decoder_grid(model, path: str, config: GridConfig = GridConfig(), title: str
             if column == 0:
                 axes.set_ylabel(f"{values[count - 1 - row]:g}", fontsize="x-small")
     figure.suptitle(title)
+    figure.supxlabel("latent 1", fontsize="small")
+    figure.supylabel("latent 2", fontsize="small")
     write_png(figure, path, dpi=80)
     LOGGER.info("wrote %d x %d decoder grid to %s", count, count, path)
     return path
