@@ -25,8 +25,10 @@ from models.family.base import IMAGE_DOMAIN, Autoencoder
 from models.family.configs import config_from_dict
 from models.images.io import SUPPORTED_CHANNELS
 
-DEFAULT_MODEL = DEFAULT_DENOISER
+DNCNN_MODEL = DEFAULT_DENOISER
 BASELINE_MODEL = BASELINE_DENOISER
+UNET_MODEL = "unet_denoiser"
+DEFAULT_MODEL = UNET_MODEL
 
 
 def _check_channels(channels: int) -> None:
@@ -126,7 +128,71 @@ class DnCNN(Autoencoder):
         return self.config.channels
 
 
-MODELS = {BASELINE_MODEL: TutorialDenoise, DEFAULT_MODEL: DnCNN}
+@dataclasses.dataclass(frozen=True)
+class UNetDenoiserConfig:
+    """Residual U-Net: ``levels`` halvings, two 3x3 convolutions per level (``filters`` doubling per level)."""
+
+    channels: int = 1
+    filters: int = 24
+    levels: int = 2
+
+    def __post_init__(self):
+        _check_channels(self.channels)
+        if self.filters < 1 or self.levels < 1:
+            raise ValueError(f"UNetDenoiserConfig needs filters >= 1 and levels >= 1, got {self}")
+
+
+def _double_convolution(tensor, filters: int):
+    for _ in range(2):
+        tensor = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(tensor)
+    return tensor
+
+
+@keras.saving.register_keras_serializable(package="heartwatch")
+class UNetDenoiser(Autoencoder):
+    """A small residual U-Net (Ronneberger et al. 2015): output = clip(input - estimated noise, 0, 1).
+
+    The encoder returns the skip features of every level and the bottom (a list); the decoder maps
+    that list to the noise estimate. Height and width must be multiples of ``2 ** levels`` (padded).
+    """
+
+    config_class = UNetDenoiserConfig
+    domain = IMAGE_DOMAIN
+
+    def __init__(self, config: UNetDenoiserConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        widths = [config.filters * 2 ** level for level in range(config.levels + 1)]
+        inputs = keras.Input((None, None, config.channels))
+        features, tensor = [], inputs
+        for width in widths[:-1]:
+            tensor = _double_convolution(tensor, width)
+            features.append(tensor)
+            tensor = keras.layers.MaxPooling2D()(tensor)
+        features.append(_double_convolution(tensor, widths[-1]))
+        self.encoder = keras.Model(inputs, features, name="encoder")
+        skips = [keras.Input((None, None, width)) for width in widths]
+        tensor = skips[-1]
+        for width, skip in zip(reversed(widths[:-1]), reversed(skips[:-1])):
+            tensor = keras.layers.Conv2DTranspose(width, 2, strides=2, padding="same")(tensor)
+            tensor = _double_convolution(keras.layers.Concatenate()([tensor, skip]), width)
+        self.decoder = keras.Model(skips, keras.layers.Conv2D(config.channels, 1)(tensor), name="decoder")
+
+    def call(self, inputs, training=False):
+        noise = self.decoder(self.encoder(inputs, training=training), training=training)
+        return keras.ops.clip(inputs - noise, 0.0, 1.0)
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (one halving per level)."""
+        return 2 ** self.config.levels
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images this model denoises."""
+        return self.config.channels
+
+
+MODELS = {BASELINE_MODEL: TutorialDenoise, DNCNN_MODEL: DnCNN, UNET_MODEL: UNetDenoiser}
 
 
 def build_denoiser(name: str, channels: int, parameters: dict | None = None) -> Autoencoder:
