@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.common import files  # noqa: E402
+from models.common import artifacts, files  # noqa: E402
 from models.family import BASELINE_DENOISER, registry  # noqa: E402
 from models.images import arrays, noise  # noqa: E402
 from models.training.denoising import denoise_array, quality_sums, summarise_quality  # noqa: E402
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--noise_levels", default="0.2,0.6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--default_flags", default="", help="extra flags for the default model (space separated)")
+    parser.add_argument("--default_model", default=None,
+                        help="judge this already trained version directory (same data and seed) instead of training "
+                             "the default again; its time is the card's training seconds")
     arguments = parser.parse_args()
 
     levels = [float(level) for level in arguments.noise_levels.split(",")]
@@ -82,9 +85,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="denoise-quality-") as directory:
         for label, extra in (("tutorial Denoise", TUTORIAL_RECIPE), ("default", arguments.default_flags.split())):
-            result, wall, cpu = train(arguments.data, os.path.join(directory, label.split()[0]),
-                                      arguments.train_noise, arguments.seed, extra)
-            card = result.card
+            if label == "default" and arguments.default_model:
+                card = artifacts.read_card(arguments.default_model)
+                result = denoise_train.DenoiseTrainResult(arguments.default_model, files.join(
+                    arguments.default_model, denoise_train.MODEL_FILE), "", card)
+                wall, cpu = card["training"]["seconds"], float("nan")
+            else:
+                result, wall, cpu = train(arguments.data, os.path.join(directory, label.split()[0]),
+                                          arguments.train_noise, arguments.seed, extra)
+                card = result.card
             name = f"{label} ({card['model']['name']}, {card['training']['epochs_run']} ep)"
             rows.append((name, wall, cpu, [judge(result.model_path, keys, clean, level, arguments.seed)
                                            for level in levels]))

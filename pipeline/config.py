@@ -167,7 +167,8 @@ class DenoiseTrainConfig:
     """Flags of `heartwatch denoise train`."""
 
     data: str = field("fashion_mnist (Keras loader, cached), digits (offline), synthetic[:count=N,size=S,channels=C], "
-                      "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file", default="fashion_mnist")
+                      "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file, or a glob of arrays or "
+                      "TFRecords (shards; streamed, never loaded whole)", default="fashion_mnist")
     format: str = field(f"for paths: {', '.join(IMAGE_SET_FORMATS)}", default="auto")
     array_key: str | None = field(".npz array name", default=None, default_text="images, x")
     MODELS = tuple(dict.fromkeys(DENOISER_MODELS + ("unet_denoiser",)))  # until models.family lists it
@@ -180,7 +181,7 @@ class DenoiseTrainConfig:
     epochs: int = field("most epochs", default=20)
     batch_size: int = field("images per step", default=32)
     learning_rate: float = field("Adam learning rate (the start of the cosine decay)", default=2e-3)
-    loss: str = field("mse or mae", default="mse")
+    loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="mse")
     early_stopping_patience: int = field("epochs without val_loss gain; 0 off (the best epoch is kept anyway)",
                                          default=0)
     schedule: str = field("learning rate: cosine (decay over all steps), plateau (halve on a val_loss plateau) or "

@@ -2,9 +2,15 @@
 
 Data (``--data``): ``fashion_mnist`` (Keras loader; downloaded once, then cached), ``digits``
 (scikit-learn's bundled 8x8 digits scaled into 28x28, offline), ``synthetic[:count=N,size=S,channels=C]``
-(generated shapes), or a directory of PNG/JPEG images, a ``.npy``/``.npz`` array or a ``.tfrecord``
-file of one image size. Images are split (seeded) into train / validation / held-out test; Fashion-MNIST
-keeps its own test set.
+(generated shapes), or a directory of PNG/JPEG images, a ``.npy``/``.npz`` array, a ``.tfrecord`` file,
+or a glob of arrays or TFRecords (shards). ``run`` is a Beam job, then a ``tf.data`` training loop:
+
+1. ``prepare_shards``: the Beam step of ``pipeline.denoise_shards`` reads the images on the workers,
+   splits them by a stable hash of (seed, key) into train / validation / held-out test (Fashion-MNIST
+   keeps its own test set) and writes record shards into the staging directory (built-in sources are
+   first written there as ``.npy`` files);
+2. ``models.training.denoising.train_denoiser_on_records`` streams the shards through ``tf.data``;
+3. ``evaluate_on_records`` streams the held-out shards for the card's PSNR/SSIM and the grid.
 
 Export: a version of the denoiser root (``denoiser_root(output_dir)``, the same
 ``models.common.artifacts.ArtifactRoot`` as the ECG detectors, marker ``model.keras``) is built in a
@@ -209,7 +215,8 @@ def run(argv=None, test_pipeline=None) -> DenoiseTrainResult:
         LOGGER.info("training %s on %d images %s (validation %d, test %d), noise %s", config.model, counts["train"],
                     tuple(shape), counts["validation"], counts["test"], config.noise)
         training = config.training_config()
-        result = train_denoiser_on_records(training, paths["train"], paths["validation"], counts["train"], shape[-1],
+        result = train_denoiser_on_records(training, paths["train"], paths["validation"],
+                                           (counts["train"], counts["validation"]), shape[-1],
                                            seed=config.seed, checkpoint_path=files.join(staging, CHECKPOINT_FILE),
                                            verbose=config.verbose)
         evaluated = paths["test"] or paths["validation"]

@@ -171,6 +171,16 @@ def test_cosine_schedule_decays_over_every_step_and_configs_are_checked():
         denoising.DenoiserTrainingConfig(schedule="step")
     with pytest.raises(ValueError, match="patch_size"):
         denoising.DenoiserTrainingConfig(patch_size=-1)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        denoising.DenoiserTrainingConfig(loss="huber")
+
+
+def test_psnr_loss_is_minus_the_per_image_psnr():
+    clean = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+    noisy = noise.gaussian_noise(clean, 0.1, np.random.default_rng(1))
+    np.testing.assert_allclose(np.asarray(denoising.negative_psnr(clean, noisy)), -quality.psnr(clean, noisy),
+                               rtol=1e-5)
+    assert denoising.loss_function("psnr") is denoising.negative_psnr and denoising.loss_function("mse") == "mse"
 
 
 def test_denoise_batch_pads_groups_of_sizes_for_strided_models():

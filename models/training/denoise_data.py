@@ -111,10 +111,12 @@ def fixed_noisy_images(images: tf.data.Dataset, noise: NoiseSpec, seed: int, pat
 
 
 def fixed_noisy_batches(images: tf.data.Dataset, noise: NoiseSpec, seed: int, batch_size: int,
-                        size_multiple: int = 1, patch_size: int = 0) -> tf.data.Dataset:
-    """``(noisy, clean)`` batches with fixed noise (validation data for Keras)."""
+                        size_multiple: int = 1, patch_size: int = 0, count: int | None = None) -> tf.data.Dataset:
+    """``(noisy, clean)`` batches with fixed noise (validation data for Keras; ``count`` images when known)."""
     batches = fixed_noisy_images(images, noise, seed, patch_size).map(lambda key, noisy, clean: (noisy, clean))
     batches = batches.batch(batch_size)
+    if count is not None:
+        batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
     if size_multiple > 1:
         pad = _padder(size_multiple)
         batches = batches.map(lambda noisy, clean: (_numpy_map(pad, noisy, same_size=False),

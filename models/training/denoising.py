@@ -32,6 +32,8 @@ from models.training.settings import FitSettings
 
 LOGGER = logging.getLogger(__name__)
 SCHEDULES = ("cosine", "plateau", "constant")
+LOSSES = ("mse", "mae", "psnr")
+PSNR_EPSILON = 1e-10
 COSINE_FLOOR = 0.02
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2
@@ -59,6 +61,8 @@ class DenoiserTrainingConfig:
             raise ValueError(f"unknown denoiser {self.model!r}; denoisers: {', '.join(sorted(MODELS))}")
         if self.noise_spec().is_none:
             raise ValueError("training a denoiser needs noise (for example gaussian:0.2)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.patch_size < 0 or self.shuffle_buffer < 1:
@@ -71,9 +75,22 @@ class DenoiserTrainingConfig:
         return NoiseSpec.parse(self.noise)
 
     def fit_settings(self) -> FitSettings:
-        """The checked epochs, batch size, learning rate, loss and patience."""
+        """The checked epochs, batch size, learning rate and patience (the loss is ``loss_function``'s)."""
         return FitSettings(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           loss=self.loss, early_stopping_patience=self.early_stopping_patience)
+                           loss="mse", early_stopping_patience=self.early_stopping_patience)
+
+
+@keras.saving.register_keras_serializable(package="heartwatch")
+def negative_psnr(clean, denoised):
+    """Per-image ``-PSNR`` in dB (``10 * log10(MSE)``): its batch mean is minus the mean PSNR, the metric judged."""
+    squared = keras.ops.square(clean - denoised)
+    error = keras.ops.mean(keras.ops.reshape(squared, (keras.ops.shape(squared)[0], -1)), axis=-1)
+    return 10.0 * keras.ops.log(error + PSNR_EPSILON) / keras.ops.log(10.0)
+
+
+def loss_function(name: str):
+    """The Keras loss of ``name``: ``mse``, ``mae`` or ``psnr`` (``negative_psnr``, per image)."""
+    return negative_psnr if name == "psnr" else name
 
 
 def learning_rate(config: DenoiserTrainingConfig, steps_per_epoch: int):
@@ -88,7 +105,8 @@ def fit_denoiser(model: keras.Model, train, validation, config: DenoiserTraining
                  checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
     """Compiles and fits ``model`` on ``(noisy, clean)`` datasets; returns it with its best-``val_loss`` weights."""
     settings = config.fit_settings()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)), loss=settings.loss)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+                  loss=loss_function(config.loss))
     best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
                                          restore_best_weights=True)
     callbacks = [best]
@@ -153,13 +171,15 @@ def train_denoiser(config: DenoiserTrainingConfig, train_images: np.ndarray, val
 
 
 def train_denoiser_on_records(config: DenoiserTrainingConfig, train_paths: list[str], validation_paths: list[str],
-                              train_count: int, channels: int, seed: int = 0, checkpoint_path: str | None = None,
-                              verbose: int = 2) -> TrainingResult:
+                              counts: tuple[int, int], channels: int, seed: int = 0,
+                              checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
     """Trains ``config.model`` on record shards (``models.images.records``) streamed through ``tf.data``.
 
-    ``train_count`` (images in ``train_paths``) sets the schedule's length; validation noise comes
-    from each image's key with ``seed + 1`` (``models.images.noise.noise_rng``).
+    ``counts`` (images in the train and the validation shards) set the schedule's length and the
+    batches per epoch; validation noise comes from each image's key with ``seed + 1``
+    (``models.images.noise.noise_rng``).
     """
+    train_count, validation_count = counts
     if train_count < 1:
         raise ValueError("training needs at least one training image")
     keras.utils.set_random_seed(seed)
@@ -170,7 +190,7 @@ def train_denoiser_on_records(config: DenoiserTrainingConfig, train_paths: list[
                                             config.shuffle_buffer, config.patch_size, config.flip, train_count)
     validation = denoise_data.fixed_noisy_batches(denoise_data.record_images(validation_paths, channels), noise,
                                                   seed + 1, config.batch_size, model.size_multiple,
-                                                  config.patch_size)
+                                                  config.patch_size, validation_count)
     return fit_denoiser(model, batches, validation, config, math.ceil(train_count / config.batch_size),
                         checkpoint_path, verbose)
 
