@@ -149,7 +149,7 @@ def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
 
 
 def test_unet_denoiser_is_residual_and_pads_to_its_levels():
-    unet = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2})
+    unet = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2, "flip_ensemble": False})
     assert unet.size_multiple == 4 and unet.channels == 1
     batch = np.random.default_rng(0).random((2, 12, 8, 1)).astype(np.float32)
     output = unet(batch).numpy()
@@ -157,6 +157,12 @@ def test_unet_denoiser_is_residual_and_pads_to_its_levels():
     skips = unet.encode(batch)
     assert [tuple(skip.shape[1:3]) for skip in skips] == [(12, 8), (6, 4), (3, 2)]
     np.testing.assert_allclose(output, np.clip(batch - unet.decode(skips).numpy(), 0, 1), atol=1e-6)
+    ensemble = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2})
+    ensemble(batch)
+    ensemble.set_weights(unet.get_weights())
+    mirrored = unet(batch[:, :, ::-1]).numpy()[:, :, ::-1]
+    np.testing.assert_allclose(ensemble(batch).numpy(), (output + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(ensemble(batch, training=True).numpy(), output, atol=1e-6)
     assert denoise_steps.denoise_batch(unet, [batch[0, :10, :7]])[0].shape == (10, 7, 1)
     with pytest.raises(ValueError, match="levels >= 1"):
         denoisers.build_denoiser("unet_denoiser", 1, {"levels": 0})

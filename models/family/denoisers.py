@@ -130,11 +130,16 @@ class DnCNN(Autoencoder):
 
 @dataclasses.dataclass(frozen=True)
 class UNetDenoiserConfig:
-    """Residual U-Net: ``levels`` halvings, two 3x3 convolutions per level (``filters`` doubling per level)."""
+    """Residual U-Net: ``levels`` halvings, two 3x3 convolutions per level (``filters`` doubling per level).
+
+    ``flip_ensemble`` averages, outside training, the outputs for the image and for its mirror image
+    (mirrored back): a self-ensemble that costs a second pass.
+    """
 
     channels: int = 1
     filters: int = 24
     levels: int = 2
+    flip_ensemble: bool = True
 
     def __post_init__(self):
         _check_channels(self.channels)
@@ -177,9 +182,16 @@ class UNetDenoiser(Autoencoder):
             tensor = _double_convolution(keras.layers.Concatenate()([tensor, skip]), width)
         self.decoder = keras.Model(skips, keras.layers.Conv2D(config.channels, 1)(tensor), name="decoder")
 
-    def call(self, inputs, training=False):
+    def _denoise(self, inputs, training=False):
         noise = self.decoder(self.encoder(inputs, training=training), training=training)
         return keras.ops.clip(inputs - noise, 0.0, 1.0)
+
+    def call(self, inputs, training=False):
+        denoised = self._denoise(inputs, training=training)
+        if training or not self.config.flip_ensemble:
+            return denoised
+        mirrored = keras.ops.flip(self._denoise(keras.ops.flip(inputs, axis=2), training=training), axis=2)
+        return (denoised + mirrored) / 2.0
 
     @property
     def size_multiple(self) -> int:
