@@ -3,14 +3,18 @@
 * ``denoise_tutorial``: the TensorFlow tutorial's ``Denoise``: Conv2D 16 and 8 filters with stride 2,
   two Conv2DTranspose layers back up and a sigmoid Conv2D; the baseline. Inputs are padded to a
   multiple of 4 (``size_multiple``).
-* ``dncnn`` (the default): a residual DnCNN-style network (Zhang et al. 2017) without striding: a stack
-  of 3x3 convolutions estimates the noise, which is subtracted from the input and clipped to [0, 1].
-  Its ``encoder`` is the feature stack and its ``decoder`` the noise head, so ``decode`` returns the
-  noise estimate; ``reconstruct`` and ``per_sample_error`` behave as for every autoencoder.
+* ``dncnn`` (the previous default): a residual DnCNN-style network (Zhang et al. 2017) without
+  striding: a stack of 3x3 convolutions estimates the noise, which is subtracted from the input and
+  clipped to [0, 1]. Its ``encoder`` is the feature stack and its ``decoder`` the noise head, so
+  ``decode`` returns the noise estimate; ``reconstruct`` and ``per_sample_error`` behave as for
+  every autoencoder.
+* ``unet_denoiser`` (the default, ``DEFAULT_MODEL``): a small residual U-Net whose receptive field
+  covers a whole 28x28 image; ``encode`` returns the skip features, ``decode`` the noise estimate;
+  outside training it averages the outputs for the image and its mirror image (``flip_ensemble``).
 
-Both are fully convolutional (any height and width, ``channels`` fixed by the config) and follow the
+All are fully convolutional (any height and width, ``channels`` fixed by the config) and follow the
 ``models.family.base.Autoencoder`` pattern: frozen config dataclass, Keras serialisation. Training them
-(noisy -> clean through the one fit loop) is ``models.training.denoising``; loading a saved one is
+(noisy -> clean, streamed through ``tf.data``) is ``models.training.denoising``; loading a saved one is
 ``models.family.registry.load``.
 """
 
@@ -20,12 +24,12 @@ import dataclasses
 
 import keras
 
-from models.family import BASELINE_DENOISER, DEFAULT_DENOISER
+from models.family import BASELINE_DENOISER
 from models.family.base import IMAGE_DOMAIN, Autoencoder
 from models.family.configs import config_from_dict
 from models.images.io import SUPPORTED_CHANNELS
 
-DNCNN_MODEL = DEFAULT_DENOISER
+DNCNN_MODEL = "dncnn"
 BASELINE_MODEL = BASELINE_DENOISER
 UNET_MODEL = "unet_denoiser"
 DEFAULT_MODEL = UNET_MODEL
