@@ -21,7 +21,6 @@ import json
 from models.common.flags import field
 from models.detection import THRESHOLD_METHODS
 from models.ecg import DATASET_FORMATS
-from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
 from models.training.candidates import CANDIDATES
@@ -168,18 +167,28 @@ class DenoiseTrainConfig:
     """Flags of `heartwatch denoise train`."""
 
     data: str = field("fashion_mnist (Keras loader, cached), digits (offline), synthetic[:count=N,size=S,channels=C], "
-                      "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file", default="fashion_mnist")
+                      "or a directory of PNG/JPEG, a .npy/.npz array or a .tfrecord file, or a glob of arrays or "
+                      "TFRecords (shards; streamed, never loaded whole)", default="fashion_mnist")
     format: str = field(f"for paths: {', '.join(IMAGE_SET_FORMATS)}", default="auto")
     array_key: str | None = field(".npz array name", default=None, default_text="images, x")
-    model: str = field(f"one of {', '.join(DENOISER_MODELS)}", default=DEFAULT_DENOISER)
-    model_parameters: str = field('JSON config overrides, e.g. {"depth": 9, "filters": 48}', default="{}")
+    MODELS = tuple(dict.fromkeys(DENOISER_MODELS + ("unet_denoiser",)))  # until models.family lists it
+
+    model: str = field(f"one of {', '.join(MODELS)}", default="unet_denoiser")
+    model_parameters: str = field('JSON config overrides, e.g. {"filters": 32} (unet_denoiser), {"depth": 9} (dncnn)',
+                                  default="{}")
     noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
                        "salt_and_pepper", default="gaussian:0.2")
-    epochs: int = field("most epochs", default=10)
-    batch_size: int = field("images per step", default=128)
-    learning_rate: float = field("Adam learning rate", default=1e-3)
-    loss: str = field("mse or mae", default="mse")
-    early_stopping_patience: int = field("epochs without val_loss gain; 0 off", default=3)
+    epochs: int = field("most epochs", default=20)
+    batch_size: int = field("images per step", default=32)
+    learning_rate: float = field("Adam learning rate (the start of the cosine decay)", default=2e-3)
+    loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="mse")
+    early_stopping_patience: int = field("epochs without val_loss gain; 0 off (the best epoch is kept anyway)",
+                                         default=0)
+    schedule: str = field("learning rate: cosine (decay over all steps), plateau (halve on a val_loss plateau) or "
+                          "constant", default="cosine")
+    patch_size: int = field("train on random square patches of this size (0: whole images)", default=0)
+    flip: bool = field("random horizontal flips of training images", default=True)
+    shuffle_buffer: int = field("training images in the shuffle buffer (bounds memory)", default=4096)
     validation_fraction: float = field("share for validation", default=0.1)
     test_fraction: float = field("share held out for the model card metrics (Fashion-MNIST uses its test set)",
                                  default=0.1)
@@ -192,12 +201,16 @@ class DenoiseTrainConfig:
         """Checks every flag that needs no Keras (the fit settings are checked by ``deep_checks``)."""
         _check_text(self, "data", "output_dir")
         _check_choice(self, "format", IMAGE_SET_FORMATS)
-        _check_choice(self, "model", DENOISER_MODELS, noun="denoiser")
+        _check_choice(self, "model", self.MODELS, noun="denoiser")
         self.parameters()
         if not (0 < self.validation_fraction and 0 <= self.test_fraction
                 and self.validation_fraction + self.test_fraction < 1):
             raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
                              f"{self.validation_fraction} and {self.test_fraction}")
+        _check_choice(self, "schedule", ("cosine", "plateau", "constant"))
+        if self.patch_size < 0 or self.shuffle_buffer < 1:
+            raise ValueError(f"need --patch_size >= 0 and --shuffle_buffer >= 1, got {self.patch_size} and "
+                             f"{self.shuffle_buffer}")
         if self.max_images is not None and self.max_images < 3:
             raise ValueError(f"--max_images must be >= 3 (train, validation, test), got {self.max_images}")
         _check_choice(self, "verbose", VERBOSITIES)
@@ -219,7 +232,9 @@ class DenoiseTrainConfig:
         return DenoiserTrainingConfig(model=self.model, parameters=self.parameters(), noise=self.noise,
                                       epochs=self.epochs, batch_size=self.batch_size,
                                       learning_rate=self.learning_rate, loss=self.loss,
-                                      early_stopping_patience=self.early_stopping_patience)
+                                      early_stopping_patience=self.early_stopping_patience, schedule=self.schedule,
+                                      patch_size=self.patch_size, flip=self.flip,
+                                      shuffle_buffer=self.shuffle_buffer)
 
     def deep_checks(self) -> None:
         """Checks the noise and fit settings (Keras); the job runs this before any work."""

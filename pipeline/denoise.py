@@ -100,7 +100,8 @@ def build_pipeline(pipeline, config: DenoiseRunConfig, plan: ImageSetPlan, model
     if plan.format == "images":
         _ = evaluated | "WriteImages" >> beam.ParDo(WriteImageFiles(plan.output_path))
     elif plan.format in ("npy", "npz"):
-        _ = evaluated | "WriteArray" >> beam.ParDo(WriteArrayRows(plan.working_path, plan.array_header))
+        _ = evaluated | "WriteArray" >> beam.ParDo(WriteArrayRows(plan.parts_directory, plan.array_header,
+                                                                               config.chunk_size))
     else:
         _ = (evaluated | "Examples" >> beam.Map(tfrecord_example)
              | "WriteTFRecord" >> beam.io.WriteToTFRecord(**_single_file(plan.output_path)))
@@ -196,17 +197,15 @@ def report_job(result: DenoiseRunResult) -> str:
 def run(argv=None, test_pipeline=None):
     """Dispatches ``train`` or ``run`` (the CLI passes ``["train", ...]`` or ``["run", ...]``).
 
-    ``test_pipeline`` applies to ``run`` (the Beam job); ``train`` is not a Beam job.
+    ``test_pipeline`` runs the Beam part of either: the whole of ``run``, the data preparation of ``train``.
     """
     argv = list(argv or [])
     if not argv or argv[0] not in SUBCOMMANDS:
         raise ValueError("usage: heartwatch denoise {train|run} [flags]   (heartwatch denoise train --help)")
     if argv[0] == "train":
-        if test_pipeline is not None:
-            raise ValueError("denoise train is not a Beam job: test_pipeline applies to denoise run")
-        from pipeline.denoise_train import run_training
+        from pipeline import denoise_train
 
-        return run_training(argv[1:])
+        return denoise_train.run(argv[1:], test_pipeline)
     return run_job(argv[1:], test_pipeline)
 
 

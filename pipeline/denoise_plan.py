@@ -2,9 +2,10 @@
 
 ``plan_image_set`` lists the input (files of an image directory, row ranges of an array, TFRecord
 files), checks shapes and references, and pre-sizes the ``.npy`` that array outputs are written into
-(``models.images.arrays``: a local memory map; for an ``.npz`` or a URL destination a local working
-file, moved into place by ``finish_output`` after the pipeline). Problems with the whole input stop
-the job here, before anything runs.
+(``models.images.arrays``: the driver's memory map; for an ``.npz`` or a URL destination a local working
+file). Workers write their rows as part files under ``--out`` through the file layer, and
+``finish_output`` applies them to the working file and moves it into place after the pipeline.
+Problems with the whole input stop the job here, before anything runs.
 
 Output layout under ``--out``: ``denoised/`` (images), ``denoised.npy``, ``denoised.npz`` or
 ``denoised.tfrecord``, plus ``metrics.csv``, ``errors.jsonl``, ``summary.json`` and ``comparison.png``.
@@ -26,14 +27,16 @@ METRICS_FILE = "metrics.csv"
 ERRORS_FILE = "errors.jsonl"
 GRID_FILE = "comparison.png"
 PARTIAL_SUFFIX = ".partial"
+PARTS_PREFIX = ".parts-"
 
 
 @dataclasses.dataclass(frozen=True)
 class ImageSetPlan:
     """How one input is read (tasks for the reader) and where its denoised form goes.
 
-    For arrays, ``working_path`` is the local ``.npy`` the workers write rows into and
-    ``npz_member`` the member name when the output is an ``.npz``.
+    For arrays, ``parts_directory`` is where the workers write their rows (part files, through the
+    file layer), ``working_path`` the driver's ``.npy`` the parts are applied to and ``npz_member``
+    the member name when the output is an ``.npz``.
     """
 
     format: str
@@ -43,6 +46,7 @@ class ImageSetPlan:
     array_header: arrays.ArrayHeader | None = None
     working_path: str | None = None
     npz_member: str | None = None
+    parts_directory: str | None = None
 
 
 def _array_header(path: str, key: str | None) -> arrays.ArrayHeader:
@@ -90,11 +94,24 @@ def _plan_array(config, resolved: str) -> ImageSetPlan:
     output = files.join(config.out, DENOISED_NAME + (".npz" if member else ".npy"))
     working = arrays.working_array_path(output)
     output_header = arrays.create_array_file(working, header.shape, header.dtype)
-    return ImageSetPlan(resolved, tasks, output, array_header=output_header, working_path=working, npz_member=member)
+    parts = files.join(config.out, files.unique_name(PARTS_PREFIX))
+    return ImageSetPlan(resolved, tasks, output, array_header=output_header, working_path=working, npz_member=member,
+                        parts_directory=parts)
 
 
 def finish_output(plan: ImageSetPlan) -> str:
-    """Moves an array output from its working file into place (packed into the ``.npz``); returns the output path."""
+    """Applies the workers' array parts to the working file and moves it into place (packed into the ``.npz``).
+
+    Returns the output path; other forms are written by the pipeline itself.
+    """
     if plan.working_path is not None:
+        target = arrays.open_array_for_writing(plan.working_path)
+        parts = files.glob(files.join(plan.parts_directory, "part-*.npz")) if files.exists(plan.parts_directory) \
+            else []
+        rows = sum(arrays.apply_part(target, part) for part in parts)
+        target.flush()
+        del target
+        files.remove(plan.parts_directory)
+        LOGGER.info("applied %d array parts (%d rows) to %s", len(parts), rows, plan.working_path)
         arrays.publish_array(plan.working_path, plan.output_path, plan.npz_member)
     return plan.output_path

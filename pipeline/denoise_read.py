@@ -7,8 +7,8 @@ None. Whatever cannot be used goes to the ``errors`` output as ``{"key", "reason
 dropped silently.
 
 * ``ReadImageFiles``: one PNG/JPEG file per element, read through Beam's ``FileSystems``.
-* ``ReadArrayRows``: one row range per element of a ``.npy``/``.npz`` array (and its reference),
-  memory-mapped by ``models.images.arrays``.
+* ``ReadArrayRows``: one row range per element of a ``.npy``/``.npz`` array (and its reference), or
+  of one of many array shards, memory-mapped by ``models.images.arrays``.
 * ``ReadTFRecords``: one TFRecord file per element (``tf.data``, any scheme TensorFlow reads); the
   records before a corrupt tail are kept.
 """
@@ -82,9 +82,14 @@ class ReadImageFiles(_Reader):
 
 
 class ReadArrayRows(_Reader):
-    """Reads rows ``start:stop`` of a ``.npy``/``.npz`` image array (and of its reference array)."""
+    """Reads rows ``start:stop`` of a ``.npy``/``.npz`` image array (and of its reference array).
 
-    def __init__(self, path: str, array_key: str | None, reference_path: str | None = None,
+    With ``path`` None the elements are ``(path, start, stop)`` over many array files (shards; keys
+    ``<file name>:<row>``, at most one file mapped at a time); else ``(start, stop)`` of ``path`` (keys
+    are row numbers).
+    """
+
+    def __init__(self, path: str | None, array_key: str | None, reference_path: str | None = None,
                  reference_key: str | None = None):
         self.path = path
         self.array_key = array_key
@@ -93,12 +98,23 @@ class ReadArrayRows(_Reader):
 
     def setup(self):
         super().setup()
-        self.source = arrays.ArrayRows(self.path, self.array_key)
+        self.source = arrays.ArrayRows(self.path, self.array_key) if self.path else None
         self.reference = arrays.ArrayRows(self.reference_path, self.reference_key) if self.reference_path else None
 
+    def _source_of(self, path: str):
+        if self.source is None or self.source.path != path:
+            if self.source is not None:
+                self.source.close()
+            self.source = arrays.ArrayRows(path, self.array_key)
+        return self.source
+
     def process(self, row_range):
-        start, stop = row_range
-        images = arrays.array_rows_to_unit_float(self.source.read(start, stop))
+        if self.path is None:
+            path, start, stop = row_range
+            source, prefix = self._source_of(path), files.basename(path) + ":"
+        else:
+            (start, stop), source, prefix = row_range, self.source, ""
+        images = arrays.array_rows_to_unit_float(source.read(start, stop))
         references = [None] * len(images)
         if self.reference is not None:
             references = arrays.array_rows_to_unit_float(self.reference.read(start, stop))
@@ -108,10 +124,10 @@ class ReadArrayRows(_Reader):
             if problem is None and isinstance(clean, image_tools.ImageError):
                 problem = f"reference: {clean}"
             if problem is not None:
-                yield self._error(str(index), str(problem))
+                yield self._error(f"{prefix}{index}", str(problem))
                 continue
             self.read.inc()
-            yield {"key": str(index), "position": index, "format": None, "image": image, "clean": clean}
+            yield {"key": f"{prefix}{index}", "position": index, "format": None, "image": image, "clean": clean}
 
     def teardown(self):
         for source in (self.source, self.reference):

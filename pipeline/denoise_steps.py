@@ -9,22 +9,16 @@ PSNR/SSIM against the clean reference.
 
 from __future__ import annotations
 
-import zlib
-
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from models.images import io as image_tools
 from models.images import noise, quality
+from models.images.noise import noise_rng
 from pipeline.denoise_read import METRICS_NAMESPACE, error_record
 
 METRIC_NAMES = ("noisy_psnr", "denoised_psnr", "noisy_ssim", "denoised_ssim")
-
-
-def noise_rng(seed: int, key: str) -> np.random.Generator:
-    """The generator for one image's noise: the same for a key and seed whatever the bundling."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
 
 
 def prepare_image(image: np.ndarray, clean, channels: int, convert_color: bool):

@@ -2,8 +2,8 @@
 
 * ``WriteImageFiles``: each image to ``<directory>/<relative path>`` through Beam's ``FileSystems``,
   encoded like its input (PNG or JPEG).
-* ``WriteArrayRows``: each image into its row of a pre-sized ``.npy`` (a local memory map, see
-  ``models.images.arrays``), in the input's dtype.
+* ``WriteArrayRows``: the rows, in the input's dtype, as part files under ``--out`` (through the file
+  layer); the driver puts them into the output array (``pipeline.denoise_plan.finish_output``).
 * ``tfrecord_example`` and ``metrics_row``: the lines Beam's ``WriteToTFRecord`` / ``WriteToText``
   sinks write.
 * ``SummaryFn`` combines the per-image metrics into counts and means; ``WriteReport`` draws the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -46,24 +47,40 @@ class WriteImageFiles(beam.DoFn):
 
 
 class WriteArrayRows(beam.DoFn):
-    """Writes each denoised image into its row of a pre-sized local ``.npy`` file, in the input's dtype."""
+    """Buffers denoised rows (in the input's dtype) and writes them as part files under ``parts_directory``.
 
-    def __init__(self, path: str, header: arrays.ArrayHeader):
-        self.path = path
+    A part holds at most ``part_rows`` rows and their positions (``models.images.arrays.write_part``,
+    through the file layer); the driver applies the parts to the output after the pipeline, so no
+    worker writes to a disk only it can see.
+    """
+
+    def __init__(self, parts_directory: str, header: arrays.ArrayHeader, part_rows: int = 1000):
+        self.parts_directory = parts_directory
         self.header = header
+        self.part_rows = part_rows
 
     def setup(self):
         self.written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "images_written")
-        self.array = arrays.open_array_for_writing(self.path)
+
+    def start_bundle(self):
+        self.positions, self.rows = [], []
 
     def process(self, record: dict):
         row = arrays.from_unit_float(record["denoised"], self.header.dtype).reshape(self.header.shape[1:])
-        arrays.write_rows(self.array, record["position"], row[np.newaxis])
-        self.written.inc()
+        self.positions.append(record["position"])
+        self.rows.append(row)
+        if len(self.rows) >= self.part_rows:
+            self._flush()
 
-    def teardown(self):
-        self.array.flush()
-        self.array = None
+    def finish_bundle(self):
+        self._flush()
+
+    def _flush(self):
+        if self.rows:
+            arrays.write_part(files.join(self.parts_directory, f"part-{uuid.uuid4().hex}.npz"), self.positions,
+                              np.stack(self.rows))
+            self.written.inc(len(self.rows))
+        self.positions, self.rows = [], []
 
 
 def tfrecord_example(record: dict) -> bytes:

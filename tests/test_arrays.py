@@ -98,3 +98,28 @@ def test_arrays_on_ram_are_staged_locally_and_published_through_the_file_layer(t
         assert working == destination or not os.path.exists(working), "the working file is moved, not left behind"
         content = np.load(io.BytesIO(files.read_bytes(destination)))
         np.testing.assert_array_equal(content["images"] if member else content, array)
+
+
+@pytest.mark.parametrize("scheme", ["local", "ram"])
+def test_parts_written_through_the_file_layer_are_applied_by_position(tmp_path, scheme):
+    directory = str(tmp_path) if scheme == "local" else f"ram://{uuid.uuid4().hex}"
+    rows = np.arange(6 * 2 * 2, dtype=np.uint8).reshape(6, 2, 2)
+    arrays.write_part(files.join(directory, "parts", "a.npz"), [4, 0, 2], rows[[4, 0, 2]])
+    arrays.write_part(files.join(directory, "parts", "b.npz"), [5, 1], rows[[5, 1]])
+    working = str(tmp_path / "out.npy")
+    arrays.create_array_file(working, rows.shape, rows.dtype)
+    target = arrays.open_array_for_writing(working)
+    counts = [arrays.apply_part(target, path) for path in sorted(files.glob(files.join(directory, "parts", "*.npz")))]
+    target.flush()
+    assert counts == [3, 2]
+    written = np.load(working)
+    np.testing.assert_array_equal(written[[0, 1, 2, 4, 5]], rows[[0, 1, 2, 4, 5]])
+    assert not written[3].any(), "a row no part holds stays zero"
+    with pytest.raises(ValueError, match="one position per row"):
+        arrays.write_part(files.join(directory, "bad.npz"), [0, 1], rows[:1])
+    arrays.write_part(files.join(directory, "far.npz"), [9], rows[:1])
+    with pytest.raises(ValueError, match="does not fit"):
+        arrays.apply_part(target, files.join(directory, "far.npz"))
+    saved = arrays.save_array(files.join(directory, "saved", "x.npy"), rows)
+    with arrays.ArrayRows(saved) as read_back:
+        np.testing.assert_array_equal(read_back.read(0, 6), rows)

@@ -1,6 +1,7 @@
 """Denoisers and the denoising job in layers: models and training, DoFns, TestPipeline, then end-to-end runs."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -19,9 +20,9 @@ import heartwatch_cli
 from models.common import files
 from models.family import denoisers, registry
 from models.images import io as images
-from models.images import noise, quality, sets
-from models.training import denoising
-from pipeline import denoise, denoise_plan, denoise_read, denoise_steps, denoise_write
+from models.images import noise, quality, records, sets
+from models.training import denoise_data, denoising
+from pipeline import denoise, denoise_plan, denoise_read, denoise_shards, denoise_steps, denoise_train, denoise_write
 
 TINY_DNCNN = '{"depth": 4, "filters": 16}'
 IMAGE_SIZE = 16
@@ -41,8 +42,8 @@ def exported(tmp_path_factory):
     """A small DnCNN trained and exported by `heartwatch denoise train` on generated images."""
     root = tmp_path_factory.mktemp("denoisers")
     return denoise.run(["train", "--data", f"synthetic:count=400,size={IMAGE_SIZE}", "--epochs", "4",
-                        "--batch_size", "32", "--model_parameters", TINY_DNCNN, "--output_dir", str(root),
-                        "--verbose", "0", "--seed", "0"])
+                        "--batch_size", "32", "--model", "dncnn", "--model_parameters", TINY_DNCNN,
+                        "--output_dir", str(root), "--verbose", "0", "--seed", "0"])
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +101,35 @@ def test_denoisers_survive_keras_save_and_load(tmp_path):
         np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
 
 
-def test_noisy_batches_draw_fresh_noise_over_shuffled_clean_images():
+def test_training_batches_draw_fresh_noise_over_shuffled_clean_images():
     clean = sets.synthetic_images(10, 8, seed=1)
-    batches = denoising.NoisyBatches(clean, noise.NoiseSpec("gaussian", 0.2), batch_size=4, seed=0)
+    batches = denoise_data.training_batches(denoise_data.array_images(clean), noise.NoiseSpec("gaussian", 0.2),
+                                            batch_size=4, seed=0, flip=False, count=len(clean))
     assert len(batches) == 3
-    noisy, targets = batches[0]
+    first_pass = list(batches.as_numpy_iterator())
+    noisy, targets = first_pass[0]
     assert noisy.shape == targets.shape == (4, 8, 8, 1) and not np.array_equal(noisy, targets)
     assert all(any(np.array_equal(target, image) for image in clean) for target in targets)
-    again, _ = batches[0]
-    assert not np.array_equal(noisy, again), "noise is drawn afresh every time"
-    assert sum(len(batches[index][1]) for index in range(len(batches))) == 10
+    second_pass = list(batches.as_numpy_iterator())
+    assert not np.array_equal(np.concatenate([batch[1] for batch in first_pass]),
+                              np.concatenate([batch[1] for batch in second_pass])), "reshuffled every epoch"
+    again = {target.tobytes(): image for image, target in zip(*map(np.concatenate, zip(*second_pass)))}
+    assert not np.array_equal(noisy[0], again[targets[0].tobytes()]), "noise is drawn afresh every time"
+    assert sum(len(batch[1]) for batch in first_pass) == 10
+    flipped = denoise_data.training_batches(denoise_data.array_images(clean), noise.NoiseSpec("gaussian", 0.2),
+                                            batch_size=10, seed=0, patch_size=5)
+    _, patches = next(iter(flipped.as_numpy_iterator()))
+    assert patches.shape == (10, 5, 5, 1)
+
+
+def test_fixed_noise_of_held_out_images_depends_on_seed_and_key_only():
+    clean = sets.synthetic_images(3, 8, seed=1)
+    spec = noise.NoiseSpec("gaussian", 0.2)
+    fixed = list(denoise_data.fixed_noisy_images(denoise_data.array_images(clean), spec, 7).as_numpy_iterator())
+    for key, noisy, image in fixed:
+        np.testing.assert_array_equal(noisy, noise.add_noise(image, spec, noise.noise_rng(7, key.decode())))
+    again = list(denoise_data.fixed_noisy_images(denoise_data.array_images(clean), spec, 7).as_numpy_iterator())
+    np.testing.assert_array_equal(fixed[2][1], again[2][1])
 
 
 def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
@@ -126,6 +146,47 @@ def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
     assert recomputed == pytest.approx(result.best_validation_loss, rel=1e-4)
     with pytest.raises(ValueError, match="needs noise"):
         denoising.DenoiserTrainingConfig(noise="none")
+
+
+def test_unet_denoiser_is_residual_and_pads_to_its_levels():
+    unet = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2, "flip_ensemble": False})
+    assert unet.size_multiple == 4 and unet.channels == 1
+    batch = np.random.default_rng(0).random((2, 12, 8, 1)).astype(np.float32)
+    output = unet(batch).numpy()
+    assert output.shape == batch.shape and output.min() >= 0.0 and output.max() <= 1.0
+    skips = unet.encode(batch)
+    assert [tuple(skip.shape[1:3]) for skip in skips] == [(12, 8), (6, 4), (3, 2)]
+    np.testing.assert_allclose(output, np.clip(batch - unet.decode(skips).numpy(), 0, 1), atol=1e-6)
+    ensemble = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2})
+    ensemble(batch)
+    ensemble.set_weights(unet.get_weights())
+    mirrored = unet(batch[:, :, ::-1]).numpy()[:, :, ::-1]
+    np.testing.assert_allclose(ensemble(batch).numpy(), (output + mirrored) / 2, atol=1e-6)
+    np.testing.assert_allclose(ensemble(batch, training=True).numpy(), output, atol=1e-6)
+    assert denoise_steps.denoise_batch(unet, [batch[0, :10, :7]])[0].shape == (10, 7, 1)
+    with pytest.raises(ValueError, match="levels >= 1"):
+        denoisers.build_denoiser("unet_denoiser", 1, {"levels": 0})
+
+
+def test_cosine_schedule_decays_over_every_step_and_configs_are_checked():
+    config = denoising.DenoiserTrainingConfig(epochs=4, learning_rate=2e-3)
+    schedule = denoising.learning_rate(config, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(2e-3) and float(schedule(40)) == pytest.approx(2e-3 * 0.02)
+    assert denoising.learning_rate(dataclasses.replace(config, schedule="constant"), 10) == 2e-3
+    with pytest.raises(ValueError, match="unknown learning-rate schedule"):
+        denoising.DenoiserTrainingConfig(schedule="step")
+    with pytest.raises(ValueError, match="patch_size"):
+        denoising.DenoiserTrainingConfig(patch_size=-1)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        denoising.DenoiserTrainingConfig(loss="huber")
+
+
+def test_psnr_loss_is_minus_the_per_image_psnr():
+    clean = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+    noisy = noise.gaussian_noise(clean, 0.1, np.random.default_rng(1))
+    np.testing.assert_allclose(np.asarray(denoising.negative_psnr(clean, noisy)), -quality.psnr(clean, noisy),
+                               rtol=1e-5)
+    assert denoising.loss_function("psnr") is denoising.negative_psnr and denoising.loss_function("mse") == "mse"
 
 
 def test_denoise_batch_pads_groups_of_sizes_for_strided_models():
@@ -338,8 +399,8 @@ def test_train_and_run_on_ram_filesystem(image_directory, tmp_path):
     """`denoise train` -> `denoise run` with the model root and every output on TensorFlow's ram:// scheme."""
     root = f"ram://{uuid.uuid4().hex}"
     trained = denoise.run(["train", "--data", "synthetic:count=60,size=12", "--epochs", "1", "--batch_size", "16",
-                           "--model_parameters", '{"depth": 3, "filters": 8}', "--output_dir", f"{root}/models",
-                           "--verbose", "0"])
+                           "--model", "dncnn", "--model_parameters", '{"depth": 3, "filters": 8}',
+                           "--output_dir", f"{root}/models", "--verbose", "0"])
     assert trained.version_directory == f"{root}/models/1" and trained.card["version"] == "1"
     assert files.list_directory(f"{root}/models") == ["1"], "the staging directory is gone after publishing"
     assert files.list_directory(trained.version_directory) == ["comparison.png", "history.json", "model.keras",
@@ -374,3 +435,56 @@ def test_train_and_run_on_ram_filesystem(image_directory, tmp_path):
         assert archive["images"].dtype == np.uint8 and archive["images"].max() > 0
     assert sorted(files.list_directory(f"{root}/npz_out")) == ["comparison.png", "denoised.npz", "errors.jsonl",
                                                                "metrics.csv", "summary.json"]
+
+
+def test_split_is_a_stable_hash_of_seed_and_key_with_the_asked_shares():
+    keys = [f"set.npy:{index}" for index in range(4000)]
+    splits = [denoise_shards.split_of(key, 0, 0.1, 0.2) for key in keys]
+    assert splits == [denoise_shards.split_of(key, 0, 0.1, 0.2) for key in keys], "stable"
+    shares = {name: splits.count(name) / len(keys) for name in denoise_shards.SPLITS}
+    assert shares["test"] == pytest.approx(0.2, abs=0.03) and shares["validation"] == pytest.approx(0.1, abs=0.03)
+    assert splits != [denoise_shards.split_of(key, 1, 0.1, 0.2) for key in keys], "the seed changes the split"
+
+
+def test_train_streams_array_shards_through_beam_and_tf_data(tmp_path):
+    """`denoise train` on a glob of .npy shards (one bad row): record shards per split, counts, errors, export."""
+    clean = sets.synthetic_images(90, 12, seed=5)
+    shards_directory = tmp_path / "shards"
+    shards_directory.mkdir()
+    for index in range(3):
+        part = images.to_uint8(clean[index * 30:(index + 1) * 30]).astype(np.float32) / 255.0
+        if index == 1:
+            part[3, 0, 0, 0] = np.nan
+        np.save(shards_directory / f"shard-{index}.npy", part)
+    work = str(tmp_path / "work")
+    listed = denoise_shards.list_training_input(str(shards_directory / "shard-*.npy"))
+    assert listed.format == "arrays" and len(listed.tasks) == 3
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        denoise_shards.build_preparation(pipeline, listed, str(shards_directory), work, 0, 0.2, 0.2)
+    prepared = denoise_shards.read_preparation(work)
+    keys = [f"shard-{index // 30}.npy:{index % 30}" for index in range(90) if index != 33]
+    expected = {name: sum(denoise_shards.split_of(key, 0, 0.2, 0.2) == name for key in keys)
+                for name in denoise_shards.SPLITS}
+    assert prepared == {"counts": expected, "bad_images": 1, "shapes": [[12, 12, 1]]}
+    written = {name: [records.decode_record(record.numpy())[0]
+                      for record in tf.data.TFRecordDataset(denoise_shards.shard_paths(work, name))]
+               for name in denoise_shards.SPLITS}
+    assert sorted(sum(written.values(), [])) == sorted(keys)
+    assert all(denoise_shards.split_of(key, 0, 0.2, 0.2) == name for name, found in written.items() for key in found)
+    error = json.loads(open(os.path.join(work, denoise_shards.ERRORS_FILE)).read())
+    assert error["key"] == "shard-1.npy:3" and "non-finite" in error["reason"]
+
+    trained = denoise_train.run(["--data", str(shards_directory / "shard-*.npy"), "--epochs", "1", "--batch_size",
+                                 "16", "--model", "dncnn", "--model_parameters", '{"depth": 3, "filters": 8}',
+                                 "--validation_fraction", "0.2", "--test_fraction", "0.2", "--output_dir",
+                                 str(tmp_path / "models"), "--verbose", "0"],
+                                test_pipeline=TestPipeline(runner="FnApiRunner"))
+    data = trained.card["data"]
+    assert (data["train_images"], data["validation_images"], data["test_images"], data["bad_images"]) == \
+        (expected["train"], expected["validation"], expected["test"], 1)
+    assert trained.card["metrics"]["test"]["images"] == expected["test"]
+    assert sorted(os.listdir(trained.version_directory)) == ["comparison.png", "data_errors.jsonl", "history.json",
+                                                             "model.keras", "model_card.json"]
+    with pytest.raises(ValueError, match="too few to split"):
+        denoise_train.run(["--data", str(shards_directory / "shard-0.npy"), "--max_images", "3", "--epochs", "1",
+                           "--output_dir", str(tmp_path / "few"), "--verbose", "0"])

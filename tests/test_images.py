@@ -264,3 +264,14 @@ def test_offline_data_sources_and_split():
         sets.split_indices(2, (0.4, 0.4), seed=0)
 
 
+
+
+def test_training_records_round_trip_float_pixels_losslessly():
+    from models.images import records
+
+    image = np.random.default_rng(3).random((5, 7, 3)).astype(np.float32)
+    key, decoded = records.decode_record(records.encode_record("shard.npy:4", image))
+    assert key == "shard.npy:4" and decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, image)
+    with pytest.raises(ValueError, match="one \\(height, width, channels\\) image"):
+        records.encode_record("k", image[0])

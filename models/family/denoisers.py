@@ -3,14 +3,18 @@
 * ``denoise_tutorial``: the TensorFlow tutorial's ``Denoise``: Conv2D 16 and 8 filters with stride 2,
   two Conv2DTranspose layers back up and a sigmoid Conv2D; the baseline. Inputs are padded to a
   multiple of 4 (``size_multiple``).
-* ``dncnn`` (the default): a residual DnCNN-style network (Zhang et al. 2017) without striding: a stack
-  of 3x3 convolutions estimates the noise, which is subtracted from the input and clipped to [0, 1].
-  Its ``encoder`` is the feature stack and its ``decoder`` the noise head, so ``decode`` returns the
-  noise estimate; ``reconstruct`` and ``per_sample_error`` behave as for every autoencoder.
+* ``dncnn`` (the previous default): a residual DnCNN-style network (Zhang et al. 2017) without
+  striding: a stack of 3x3 convolutions estimates the noise, which is subtracted from the input and
+  clipped to [0, 1]. Its ``encoder`` is the feature stack and its ``decoder`` the noise head, so
+  ``decode`` returns the noise estimate; ``reconstruct`` and ``per_sample_error`` behave as for
+  every autoencoder.
+* ``unet_denoiser`` (the default, ``DEFAULT_MODEL``): a small residual U-Net whose receptive field
+  covers a whole 28x28 image; ``encode`` returns the skip features, ``decode`` the noise estimate;
+  outside training it averages the outputs for the image and its mirror image (``flip_ensemble``).
 
-Both are fully convolutional (any height and width, ``channels`` fixed by the config) and follow the
+All are fully convolutional (any height and width, ``channels`` fixed by the config) and follow the
 ``models.family.base.Autoencoder`` pattern: frozen config dataclass, Keras serialisation. Training them
-(noisy -> clean through the one fit loop) is ``models.training.denoising``; loading a saved one is
+(noisy -> clean, streamed through ``tf.data``) is ``models.training.denoising``; loading a saved one is
 ``models.family.registry.load``.
 """
 
@@ -20,13 +24,15 @@ import dataclasses
 
 import keras
 
-from models.family import BASELINE_DENOISER, DEFAULT_DENOISER
+from models.family import BASELINE_DENOISER
 from models.family.base import IMAGE_DOMAIN, Autoencoder
 from models.family.configs import config_from_dict
 from models.images.io import SUPPORTED_CHANNELS
 
-DEFAULT_MODEL = DEFAULT_DENOISER
+DNCNN_MODEL = "dncnn"
 BASELINE_MODEL = BASELINE_DENOISER
+UNET_MODEL = "unet_denoiser"
+DEFAULT_MODEL = UNET_MODEL
 
 
 def _check_channels(channels: int) -> None:
@@ -126,7 +132,83 @@ class DnCNN(Autoencoder):
         return self.config.channels
 
 
-MODELS = {BASELINE_MODEL: TutorialDenoise, DEFAULT_MODEL: DnCNN}
+@dataclasses.dataclass(frozen=True)
+class UNetDenoiserConfig:
+    """Residual U-Net: ``levels`` halvings, two 3x3 convolutions per level (``filters`` doubling per level).
+
+    ``flip_ensemble`` averages, outside training, the outputs for the image and for its mirror image
+    (mirrored back): a self-ensemble that costs a second pass.
+    """
+
+    channels: int = 1
+    filters: int = 24
+    levels: int = 2
+    flip_ensemble: bool = True
+
+    def __post_init__(self):
+        _check_channels(self.channels)
+        if self.filters < 1 or self.levels < 1:
+            raise ValueError(f"UNetDenoiserConfig needs filters >= 1 and levels >= 1, got {self}")
+
+
+def _double_convolution(tensor, filters: int):
+    for _ in range(2):
+        tensor = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(tensor)
+    return tensor
+
+
+@keras.saving.register_keras_serializable(package="heartwatch")
+class UNetDenoiser(Autoencoder):
+    """A small residual U-Net (Ronneberger et al. 2015): output = clip(input - estimated noise, 0, 1).
+
+    The encoder returns the skip features of every level and the bottom (a list); the decoder maps
+    that list to the noise estimate. Height and width must be multiples of ``2 ** levels`` (padded).
+    """
+
+    config_class = UNetDenoiserConfig
+    domain = IMAGE_DOMAIN
+
+    def __init__(self, config: UNetDenoiserConfig, **kwargs):
+        super().__init__(config, **kwargs)
+        widths = [config.filters * 2 ** level for level in range(config.levels + 1)]
+        inputs = keras.Input((None, None, config.channels))
+        features, tensor = [], inputs
+        for width in widths[:-1]:
+            tensor = _double_convolution(tensor, width)
+            features.append(tensor)
+            tensor = keras.layers.MaxPooling2D()(tensor)
+        features.append(_double_convolution(tensor, widths[-1]))
+        self.encoder = keras.Model(inputs, features, name="encoder")
+        skips = [keras.Input((None, None, width)) for width in widths]
+        tensor = skips[-1]
+        for width, skip in zip(reversed(widths[:-1]), reversed(skips[:-1])):
+            tensor = keras.layers.Conv2DTranspose(width, 2, strides=2, padding="same")(tensor)
+            tensor = _double_convolution(keras.layers.Concatenate()([tensor, skip]), width)
+        self.decoder = keras.Model(skips, keras.layers.Conv2D(config.channels, 1)(tensor), name="decoder")
+
+    def _denoise(self, inputs, training=False):
+        noise = self.decoder(self.encoder(inputs, training=training), training=training)
+        return keras.ops.clip(inputs - noise, 0.0, 1.0)
+
+    def call(self, inputs, training=False):
+        denoised = self._denoise(inputs, training=training)
+        if training or not self.config.flip_ensemble:
+            return denoised
+        mirrored = keras.ops.flip(self._denoise(keras.ops.flip(inputs, axis=2), training=training), axis=2)
+        return (denoised + mirrored) / 2.0
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (one halving per level)."""
+        return 2 ** self.config.levels
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images this model denoises."""
+        return self.config.channels
+
+
+MODELS = {BASELINE_MODEL: TutorialDenoise, DNCNN_MODEL: DnCNN, UNET_MODEL: UNetDenoiser}
 
 
 def build_denoiser(name: str, channels: int, parameters: dict | None = None) -> Autoencoder:

@@ -8,6 +8,9 @@ A job's memory does not depend on the size of the array: rows are memory-mapped,
   a URL scheme (``gs://``, ``ram://``), cannot be mapped where it is: it is first staged into a local
   temporary ``.npy`` (copied with the file layer, a member decompressed once), which is mapped and
   removed on ``close``.
+* Parts: Beam workers share no disk with the driver, so they write their rows as part files
+  (``write_part``: positions and rows, through the file layer, under the output directory) and the
+  driver applies each part (``apply_part``) to its own working file: memory stays one part.
 * Writing: ``create_array_file`` pre-sizes a local ``.npy`` with ``np.lib.format.open_memmap``
   (sparse on disk); writers map it with ``open_array_for_writing`` and fill rows in place
   (``write_rows``). ``working_array_path`` picks where such a file is built for a destination (the
@@ -16,12 +19,14 @@ A job's memory does not depend on the size of the array: rows are memory-mapped,
   moves it to the destination, packed into an ``.npz`` member (``np.savez``) when asked, and copied
   with the file layer to URL schemes.
 
-Memory-mapped files are local: every process that maps one must see the same disk (local runners).
+Memory-mapped files are local to the process that maps them (a worker's staged input, the driver's
+working output); nothing is mapped by two processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 import shutil
@@ -245,3 +250,37 @@ def from_unit_float(images: np.ndarray, dtype) -> np.ndarray:
         return np.clip(np.rint(np.asarray(images, np.float32) * SIXTEEN_BIT_MAXIMUM), 0,
                        SIXTEEN_BIT_MAXIMUM).astype(np.uint16)
     return np.asarray(images, dtype=dtype)
+
+
+def save_array(path: str, array: np.ndarray) -> str:
+    """Writes ``array`` as a ``.npy`` file through the file layer (any scheme); returns the path."""
+    files.make_directories(files.dirname(path))
+    with files.open_file(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+    return path
+
+
+PART_POSITIONS = "positions"
+PART_ROWS = "rows"
+
+
+def write_part(path: str, positions, rows: np.ndarray) -> str:
+    """Writes rows bound for ``positions`` of an array as one part file (``.npz``) through the file layer."""
+    positions = np.asarray(positions, np.int64)
+    rows = np.asarray(rows)
+    if positions.ndim != 1 or len(positions) != len(rows):
+        raise ValueError(f"a part needs one position per row; got {positions.shape} positions for {len(rows)} rows")
+    buffer = io.BytesIO()
+    np.savez(buffer, **{PART_POSITIONS: positions, PART_ROWS: rows})
+    return files.write_bytes(path, buffer.getvalue())
+
+
+def apply_part(array: np.ndarray, path: str) -> int:
+    """Writes the rows of a part file (``write_part``) into ``array`` (a writable map); returns the row count."""
+    with np.load(io.BytesIO(files.read_bytes(path)), allow_pickle=False) as part:
+        positions, rows = part[PART_POSITIONS], part[PART_ROWS]
+    if len(positions) and (positions.min() < 0 or positions.max() >= len(array) or rows.shape[1:] != array.shape[1:]):
+        raise ValueError(f"part {path} (rows {positions.min()}..{positions.max()} of shape {rows.shape[1:]}) does "
+                         f"not fit {array.shape}")
+    array[positions] = rows.astype(array.dtype, copy=False)
+    return len(positions)

@@ -8,11 +8,16 @@ is always clipped back to [0, 1]:
 * ``speckle``: ``x + amount * x * N(0, 1)`` (multiplicative, like scikit-image's ``speckle`` with
   ``var = amount ** 2``);
 * ``salt_and_pepper``: a fraction ``amount`` of pixels set to 0 or 1 with equal odds (all channels).
+
+``noise_rng(seed, key)`` is the generator of one image's fixed noise: it depends only on the seed and
+the image's key, so `denoise run` and the held-out images of `denoise train` get the same noise
+however the work is split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import numpy as np
 
@@ -91,3 +96,8 @@ def add_noise(images: np.ndarray, spec: NoiseSpec, rng: np.random.Generator) -> 
     if spec.is_none:
         return np.array(images, dtype=np.float32)
     return NOISE_FUNCTIONS[spec.kind](images, spec.amount, rng)
+
+
+def noise_rng(seed: int, key: str) -> np.random.Generator:
+    """The generator for one image's noise: the same for a key and seed whatever the bundling."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])

@@ -1,15 +1,22 @@
-"""Training and evaluating image denoisers: noisy -> clean through the one fit loop.
+"""Training and evaluating image denoisers: noisy -> clean, streamed through ``tf.data``.
 
-``train_denoiser`` fits a denoiser of ``models.family.denoisers`` with fresh noise drawn for every
-batch (``NoisyBatches``, a ``keras.utils.PyDataset``) against a fixed, seeded noisy validation set
-(``fixed_noisy``), through ``models.training.fit.fit`` (best-``val_loss`` weights, early stopping,
-optional checkpoint). ``denoise_array`` and ``evaluate_denoiser`` apply a trained model and measure
-PSNR/SSIM gains.
+``train_denoiser`` (in-memory arrays) and ``train_denoiser_on_records`` (record shards, as
+`heartwatch denoise train` writes them) fit a denoiser of ``models.family.denoisers`` on batches of
+``models.training.denoise_data`` (fresh noise for every batch, shuffled, flipped, optionally random
+patches) against validation images with fixed, seeded noise, so ``val_loss`` is comparable across
+epochs. ``fit_denoiser`` is Keras ``fit`` with the learning-rate schedule of the config (cosine decay
+by default, ``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
+patience 0 = off) and an optional best-only checkpoint; it returns ``models.training.fit``'s
+``TrainingResult``. ``denoise_array``, ``evaluate_denoiser`` and ``evaluate_on_records`` apply a
+trained model and measure PSNR/SSIM gains (the latter streaming, with running sums).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import time
 
 import keras
 import numpy as np
@@ -19,28 +26,48 @@ from models.family.denoisers import DEFAULT_MODEL, MODELS, build_denoiser
 from models.images.io import crop, pad_to_multiple
 from models.images.noise import NoiseSpec, add_noise
 from models.images.quality import psnr, ssim
-from models.training.fit import TrainingResult, fit
+from models.training import denoise_data
+from models.training.fit import MONITOR, TrainingResult
 from models.training.settings import FitSettings
+
+LOGGER = logging.getLogger(__name__)
+SCHEDULES = ("cosine", "plateau", "constant")
+LOSSES = ("mse", "mae", "psnr")
+PSNR_EPSILON = 1e-10
+COSINE_FLOOR = 0.02
+PLATEAU_FACTOR = 0.5
+PLATEAU_PATIENCE = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserTrainingConfig:
-    """What to train and how: model, its parameters, noise and fit settings."""
+    """What to train and how: model, its parameters, noise, fit settings and the input pipeline."""
 
     model: str = DEFAULT_MODEL
     parameters: dict = dataclasses.field(default_factory=dict)
     noise: str = "gaussian:0.2"
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 32
+    learning_rate: float = 2e-3
     loss: str = "mse"
-    early_stopping_patience: int = 3
+    early_stopping_patience: int = 0
+    schedule: str = "cosine"
+    patch_size: int = 0
+    flip: bool = True
+    shuffle_buffer: int = 4096
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"unknown denoiser {self.model!r}; denoisers: {', '.join(sorted(MODELS))}")
         if self.noise_spec().is_none:
             raise ValueError("training a denoiser needs noise (for example gaussian:0.2)")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.patch_size < 0 or self.shuffle_buffer < 1:
+            raise ValueError(f"need patch_size >= 0 and shuffle_buffer >= 1, got {self.patch_size} and "
+                             f"{self.shuffle_buffer}")
         self.fit_settings()
 
     def noise_spec(self) -> NoiseSpec:
@@ -48,50 +75,80 @@ class DenoiserTrainingConfig:
         return NoiseSpec.parse(self.noise)
 
     def fit_settings(self) -> FitSettings:
-        """The settings the one fit loop uses."""
+        """The checked epochs, batch size, learning rate and patience (the loss is ``loss_function``'s)."""
         return FitSettings(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                           loss=self.loss, early_stopping_patience=self.early_stopping_patience)
+                           loss="mse", early_stopping_patience=self.early_stopping_patience)
 
 
-class NoisyBatches(keras.utils.PyDataset):
-    """``(noisy, clean)`` batches of shuffled clean images with fresh noise every time a batch is drawn."""
+@keras.saving.register_keras_serializable(package="heartwatch")
+def negative_psnr(clean, denoised):
+    """Per-image ``-PSNR`` in dB (``10 * log10(MSE)``): its batch mean is minus the mean PSNR, the metric judged."""
+    squared = keras.ops.square(clean - denoised)
+    error = keras.ops.mean(keras.ops.reshape(squared, (keras.ops.shape(squared)[0], -1)), axis=-1)
+    return 10.0 * keras.ops.log(error + PSNR_EPSILON) / keras.ops.log(10.0)
 
-    def __init__(self, clean: np.ndarray, noise: NoiseSpec, batch_size: int, seed: int, **kwargs):
-        super().__init__(**kwargs)
-        if len(clean) == 0:
-            raise ValueError("no training images")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.clean = np.asarray(clean, np.float32)
-        self.noise = noise
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(self.clean))
 
-    def __len__(self):
-        return int(np.ceil(len(self.clean) / self.batch_size))
+def loss_function(name: str):
+    """The Keras loss of ``name``: ``mse``, ``mae`` or ``psnr`` (``negative_psnr``, per image)."""
+    return negative_psnr if name == "psnr" else name
 
-    def __getitem__(self, index):
-        clean = self.clean[self.order[index * self.batch_size:(index + 1) * self.batch_size]]
-        return add_noise(clean, self.noise, self.rng), clean
 
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.clean))
+def learning_rate(config: DenoiserTrainingConfig, steps_per_epoch: int):
+    """Adam's learning rate: a cosine decay over every step (to ``COSINE_FLOOR`` of it), else the constant."""
+    if config.schedule != "cosine":
+        return config.learning_rate
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, config.epochs * steps_per_epoch),
+                                                  alpha=COSINE_FLOOR)
+
+
+def fit_denoiser(model: keras.Model, train, validation, config: DenoiserTrainingConfig, steps_per_epoch: int,
+                 checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
+    """Compiles and fits ``model`` on ``(noisy, clean)`` datasets; returns it with its best-``val_loss`` weights."""
+    settings = config.fit_settings()
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
+                  loss=loss_function(config.loss))
+    best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
+                                         restore_best_weights=True)
+    callbacks = [best]
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, factor=PLATEAU_FACTOR,
+                                                           patience=PLATEAU_PATIENCE))
+    if checkpoint_path:
+        callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint_path, monitor=MONITOR, save_best_only=True,
+                                                         save_weights_only=True))
+    started = time.perf_counter()
+    history = model.fit(train, validation_data=validation, epochs=settings.epochs, callbacks=callbacks,
+                        verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - started
+    history = {key: [float(value) for value in values] for key, values in history.history.items()
+               if key != "learning_rate"}
+    epochs_run = len(history[MONITOR])
+    best_validation_loss = history[MONITOR][best.best_epoch]
+    LOGGER.info("%s: %d epochs in %.1f s, best val_loss %.6f at epoch %d", config.model, epochs_run, seconds,
+                best_validation_loss, best.best_epoch + 1)
+    return TrainingResult(model=model, history=history, best_validation_loss=best_validation_loss,
+                          best_epoch=best.best_epoch + 1, epochs_run=epochs_run, seconds=seconds,
+                          parameter_count=int(model.count_params()))
 
 
 def fixed_noisy(images: np.ndarray, noise: NoiseSpec, seed: int) -> np.ndarray:
-    """A reproducible noisy copy of ``images`` (validation and test sets)."""
+    """A reproducible noisy copy of ``images`` (validation and test sets held in memory)."""
     return add_noise(images, noise, np.random.default_rng(seed))
+
+
+def _check_channels(channels: int, other: int, what: str) -> None:
+    if other != channels:
+        raise ValueError(f"training images have {channels} channels but {what} images {other}")
 
 
 def train_denoiser(config: DenoiserTrainingConfig, train_images: np.ndarray, validation_images: np.ndarray,
                    seed: int = 0, checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
-    """Trains ``config.model`` to map noisy to clean ``(N, H, W, C)`` images in [0, 1].
+    """Trains ``config.model`` to map noisy to clean ``(N, H, W, C)`` in-memory images in [0, 1].
 
-    Training noise is drawn afresh per batch; validation noise is fixed (seeded with ``seed + 1``) so
-    ``val_loss`` is comparable across epochs. Images are padded to the model's size multiple. The
-    best-``val_loss`` weights are restored into the returned model and, when ``checkpoint_path`` (a
-    ``.weights.h5`` file) is given, written there.
+    Training noise is drawn afresh per batch; validation noise is fixed (``fixed_noisy`` with
+    ``seed + 1``) so ``val_loss`` is comparable across epochs. Images are padded to the model's size
+    multiple. The best-``val_loss`` weights are restored into the returned model and, when
+    ``checkpoint_path`` (a ``.weights.h5`` file) is given, written there.
     """
     train_images = np.asarray(train_images, np.float32)
     validation_images = np.asarray(validation_images, np.float32)
@@ -101,17 +158,41 @@ def train_denoiser(config: DenoiserTrainingConfig, train_images: np.ndarray, val
     if len(train_images) == 0 or len(validation_images) == 0:
         raise ValueError("training needs at least one training and one validation image")
     channels = train_images.shape[-1]
-    if validation_images.shape[-1] != channels:
-        raise ValueError(f"training images have {channels} channels but validation images "
-                         f"{validation_images.shape[-1]}")
+    _check_channels(channels, validation_images.shape[-1], "validation")
     keras.utils.set_random_seed(seed)
     model = build_denoiser(config.model, channels, config.parameters)
-    train_images = pad_to_multiple(train_images, model.size_multiple)[0]
+    batches = denoise_data.training_batches(denoise_data.array_images(train_images), config.noise_spec(),
+                                            config.batch_size, seed, model.size_multiple, config.shuffle_buffer,
+                                            config.patch_size, config.flip, len(train_images))
     validation_images = pad_to_multiple(validation_images, model.size_multiple)[0]
+    validation = (fixed_noisy(validation_images, config.noise_spec(), seed + 1), validation_images)
+    return fit_denoiser(model, batches, validation, config, math.ceil(len(train_images) / config.batch_size),
+                        checkpoint_path, verbose)
+
+
+def train_denoiser_on_records(config: DenoiserTrainingConfig, train_paths: list[str], validation_paths: list[str],
+                              counts: tuple[int, int], channels: int, seed: int = 0,
+                              checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
+    """Trains ``config.model`` on record shards (``models.images.records``) streamed through ``tf.data``.
+
+    ``counts`` (images in the train and the validation shards) set the schedule's length and the
+    batches per epoch; validation noise comes from each image's key with ``seed + 1``
+    (``models.images.noise.noise_rng``).
+    """
+    train_count, validation_count = counts
+    if train_count < 1:
+        raise ValueError("training needs at least one training image")
+    keras.utils.set_random_seed(seed)
+    model = build_denoiser(config.model, channels, config.parameters)
     noise = config.noise_spec()
-    validation = (fixed_noisy(validation_images, noise, seed + 1), validation_images)
-    return fit(model, NoisyBatches(train_images, noise, config.batch_size, seed), validation, config.fit_settings(),
-               checkpoint_path=checkpoint_path, verbose=verbose, name=config.model)
+    batches = denoise_data.training_batches(denoise_data.record_images(train_paths, channels, shuffle=True, seed=seed),
+                                            noise, config.batch_size, seed, model.size_multiple,
+                                            config.shuffle_buffer, config.patch_size, config.flip, train_count)
+    validation = denoise_data.fixed_noisy_batches(denoise_data.record_images(validation_paths, channels), noise,
+                                                  seed + 1, config.batch_size, model.size_multiple,
+                                                  config.patch_size, validation_count)
+    return fit_denoiser(model, batches, validation, config, math.ceil(train_count / config.batch_size),
+                        checkpoint_path, verbose)
 
 
 def denoise_array(model: Autoencoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -121,13 +202,41 @@ def denoise_array(model: Autoencoder, images: np.ndarray, batch_size: int = 256)
     return crop(np.asarray(outputs, np.float32), height, width)
 
 
+def quality_sums(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray) -> dict:
+    """Per-batch sums of PSNR/SSIM of the noisy and denoised images (``summarise_quality`` turns them into means)."""
+    return {"images": len(clean), "noisy_psnr": float(np.sum(psnr(clean, noisy))),
+            "denoised_psnr": float(np.sum(psnr(clean, denoised))), "noisy_ssim": float(np.sum(ssim(clean, noisy))),
+            "denoised_ssim": float(np.sum(ssim(clean, denoised)))}
+
+
+def summarise_quality(sums: dict) -> dict:
+    """Mean PSNR/SSIM of noisy and denoised images and the gains, from ``quality_sums`` added up."""
+    count = sums["images"]
+    if not count:
+        raise ValueError("no images to evaluate")
+    means = {name: sums[name] / count for name in ("noisy_psnr", "denoised_psnr", "noisy_ssim", "denoised_ssim")}
+    return {"images": count, **means, "psnr_gain": means["denoised_psnr"] - means["noisy_psnr"],
+            "ssim_gain": means["denoised_ssim"] - means["noisy_ssim"]}
+
+
 def evaluate_denoiser(model: Autoencoder, clean: np.ndarray, noisy: np.ndarray, batch_size: int = 256) -> dict:
     """Mean PSNR/SSIM of noisy and denoised images against the clean ones (plus the gains)."""
-    denoised = denoise_array(model, noisy, batch_size)
-    noisy_psnr, denoised_psnr = psnr(clean, noisy), psnr(clean, denoised)
-    noisy_ssim, denoised_ssim = ssim(clean, noisy), ssim(clean, denoised)
-    return {"images": len(clean), "noisy_psnr": float(np.mean(noisy_psnr)),
-            "denoised_psnr": float(np.mean(denoised_psnr)), "noisy_ssim": float(np.mean(noisy_ssim)),
-            "denoised_ssim": float(np.mean(denoised_ssim)),
-            "psnr_gain": float(np.mean(denoised_psnr) - np.mean(noisy_psnr)),
-            "ssim_gain": float(np.mean(denoised_ssim) - np.mean(noisy_ssim))}
+    return summarise_quality(quality_sums(clean, noisy, denoise_array(model, noisy, batch_size)))
+
+
+def evaluate_on_records(model: Autoencoder, paths: list[str], noise: NoiseSpec, seed: int, batch_size: int = 256,
+                        keep: int = 0) -> tuple[dict, list]:
+    """Streams held-out record shards with fixed noise (``noise_rng(seed, key)``) through ``model``.
+
+    Returns the quality summary and the first ``keep`` ``(key, noisy, denoised, clean)`` by file order.
+    """
+    sums = {"images": 0, "noisy_psnr": 0.0, "denoised_psnr": 0.0, "noisy_ssim": 0.0, "denoised_ssim": 0.0}
+    kept = []
+    images = denoise_data.fixed_noisy_images(denoise_data.record_images(paths, model.channels), noise, seed)
+    for keys, noisy, clean in images.batch(batch_size).as_numpy_iterator():
+        denoised = denoise_array(model, noisy, batch_size)
+        for name, value in quality_sums(clean, noisy, denoised).items():
+            sums[name] += value
+        for index in range(min(keep - len(kept), len(keys))):
+            kept.append((keys[index].decode("utf-8"), noisy[index], denoised[index], clean[index]))
+    return summarise_quality(sums), kept
