@@ -77,7 +77,8 @@ class LocalBroker:
         if self.process is not None:
             raise ValueError("broker already started")
         if _accepts_connections(self.host, self.port):
-            raise ValueError(f"port {self.port} on {self.host} is already in use")
+            raise OSError(f"{self.host}:{self.port} is already in use (another broker?): choose another --port, "
+                          "or 0 for a free one")
         url = f"tcp://{self.host}:{self.port}"
         command = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                    "--storage-engine", "memory://tansu/"]
