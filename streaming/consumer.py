@@ -115,10 +115,12 @@ def load_model(config: StreamConfig) -> Detector:
 
 
 def delivery_options(config: StreamConfig) -> dict:
-    """Producer timeouts under which a record the broker did not acknowledge fails within the send timeout."""
+    """Producer timeouts under which a record the broker did not acknowledge fails within the send timeout
+    (and ``send`` itself, waiting for a topic's metadata, blocks no longer)."""
     delivery_ms = int(config.send_timeout_seconds * 1000)
     linger_ms = PRODUCER_DEFAULTS["linger_ms"]
-    return {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": max(1, min(30000, delivery_ms - linger_ms))}
+    return {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": max(1, min(30000, delivery_ms - linger_ms)),
+            "max_block_ms": delivery_ms}
 
 
 class StreamProcessor:
@@ -242,8 +244,8 @@ class StreamProcessor:
         deadline = None
         while not self._stop.is_set():
             self._swap_detector_if_ready()
-            if self._pending:
-                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if self._pending:  # at most poll_timeout_ms, so a stop request is seen whatever batch_timeout_ms is
+                timeout_ms = min(config.poll_timeout_ms, max(0, int((deadline - time.monotonic()) * 1000)))
             elif len(self.commits):
                 timeout_ms = IN_FLIGHT_POLL_TIMEOUT_MS
             else:
