@@ -50,6 +50,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 BROKER_CHECK_SECONDS = 0.5
 PROBLEM_LENGTH = 200
+IGNORED_KAFKA_LOGGERS = ("kafka.net.selector",)  # its slow-task warnings say nothing about the broker
 
 
 class StreamMetrics:
@@ -203,6 +204,8 @@ class KafkaLogMemory(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Remembers the message without its ``<KafkaConnection ...>:`` prefix (not the bootstrap timeout itself,
         which heartwatch reports with the cause remembered before it)."""
+        if record.name.startswith(IGNORED_KAFKA_LOGGERS):
+            return
         message = re.sub(r"^<[^>]*>:\s*", "", record.getMessage())[:PROBLEM_LENGTH]
         if "Unable to bootstrap" in message:
             return

@@ -247,7 +247,8 @@ def relayed_broker(tmp_path):
 
 
 def error_records(log: str) -> list[str]:
-    return [line for line in log.splitlines() if " ERROR " in line]
+    """heartwatch's ERROR log lines (text format; not TensorFlow's C++ lines)."""
+    return [line for line in log.splitlines() if re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ ERROR ", line)]
 
 
 def test_an_outage_is_logged_once_each_way_exported_and_survived(relayed_broker, exported_detector, ecg_dataset,
