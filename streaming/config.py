@@ -101,17 +101,18 @@ def check_bootstrap_servers(text, flag: str = "--bootstrap_servers") -> None:
         raise ValueError(f"{flag} must be a host:port list, got {text!r}")
     for server in text.split(","):
         server = server.strip()
-        host, port = server, ""
-        if server.startswith("["):
-            host, _, rest = server[1:].partition("]")
-            if rest and not rest.startswith(":"):
+        if server.startswith("["):  # [ipv6-address] or [ipv6-address]:port
+            host, closed, rest = server[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
                 raise ValueError(f"{flag}: {server!r} is not [ipv6-address]:port")
-            port = rest[1:]
-        elif ":" in server:
-            host, _, port = server.rpartition(":")
-        if not host or any(character.isspace() or character in "/[]:" for character in host):
+            has_port, port = bool(rest), rest[1:]
+            host_ok = bool(host) and not any(character.isspace() for character in host)
+        else:
+            host, has_port, port = server.rpartition(":") if ":" in server else (server, False, "")
+            host_ok = bool(host) and not any(character.isspace() or character in "/[]:" for character in host)
+        if not host_ok:
             raise ValueError(f"{flag}: {server!r} is not host:port (e.g. localhost:9092)")
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if has_port and not (port.isdigit() and 1 <= int(port) <= 65535):
             raise ValueError(f"{flag}: the port of {server!r} must be a number from 1 to 65535, got {port!r}")
 
 

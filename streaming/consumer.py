@@ -216,9 +216,9 @@ class StreamProcessor:
                     config.batch_size, config.batch_timeout_ms)
 
     def run(self) -> StreamSummary:
-        """Consumes until asked to stop; returns the counts. Raises ``streaming.commits.DeliveryError`` if output
-        is not acknowledged, and ``SystemExit(1)`` after one error line if a dead letter cannot be built, if
-        output is not acknowledged in time, or if the broker is lost at the final commit."""
+        """Consumes until asked to stop; returns the counts. Raises ``SystemExit(1)`` after one error line if a
+        dead letter cannot be built, if output is not acknowledged within the send timeout
+        (``streaming.commits.DeliveryError``), or if the broker is lost at the final commit."""
         self._install_signal_handlers()
         try:
             self._start()

@@ -7,6 +7,7 @@ new ones refused) while the broker keeps its data, and restoring it brings the b
 """
 
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -18,9 +19,12 @@ import urllib.request
 import pytest
 
 from models.common import files
+from models.common.flags import parse_flags
 from models.ecg.sources import DatasetSpec, load_dataset
 from streaming import codec, events
 from streaming.broker import LocalBroker, free_port
+from streaming.config import StreamConfig
+from streaming.monitoring import BrokerMonitor, StreamMetrics, kafka_problem, quiet_kafka_logs
 from tests.streaming_fixtures import (
     REPOSITORY,
     StreamProcess,
@@ -388,3 +392,49 @@ def test_poison_among_valid_beats_is_dead_lettered_and_the_partition_moves_on(ka
     assert samples["heartwatch_model_version"] == 1.0
     assert "Traceback" not in stream.log()
 
+
+
+def test_bootstrap_servers_accept_hosts_ports_and_bracketed_ipv6():
+    config = parse_flags(StreamConfig, ["--bootstrap_servers", "kafka-1:9093, [::1]:9092,kafka-2"])
+    assert config.bootstrap_servers == "kafka-1:9093, [::1]:9092,kafka-2"
+    for servers in ("[::1]9092", "kafka:", "kafka:65536", ":9092", "a/b:1"):
+        with pytest.raises(ValueError, match="--bootstrap_servers"):
+            parse_flags(StreamConfig, ["--bootstrap_servers", servers])
+
+
+def test_the_broker_monitor_logs_each_transition_once_and_sets_the_gauges(caplog):
+    silence = [0.5]
+    stream_metrics = StreamMetrics()
+    monitor = BrokerMonitor(lambda: silence[0], 2.0, stream_metrics, "kafka:9092")
+    gauge = lambda name: stream_metrics.registry.get_sample_value(name)  # noqa: E731
+    with caplog.at_level(logging.INFO, logger="streaming.monitoring"):
+        assert monitor.check_now() and gauge("heartwatch_broker_connected") == 1.0
+        for seconds in (2.5, 4.0, 9.0):
+            silence[0] = seconds
+            assert not monitor.check_now()
+            assert gauge("heartwatch_seconds_since_last_fetch") == seconds
+        assert gauge("heartwatch_broker_connected") == 0.0
+        silence[0] = 0.1
+        assert monitor.check_now() and monitor.check_now()
+    assert gauge("heartwatch_broker_connected") == 1.0 and monitor.outages == 1
+    assert caplog.text.count("broker lost: kafka:9092 has not answered for 2.5 s") == 1
+    assert caplog.text.count("broker regained") == 1
+
+
+def test_kafka_python_lines_are_kept_out_and_the_last_problem_is_remembered(caplog):
+    kafka_logger = logging.getLogger("kafka")
+    saved = kafka_logger.level, kafka_logger.propagate, list(kafka_logger.handlers)
+    try:
+        with caplog.at_level(logging.INFO):
+            quiet_kafka_logs()
+            connection = logging.getLogger("kafka.net.connection")
+            connection.error("<KafkaConnection node_id=1 (disconnected)>: Connection lost: %s", "111 ECONNREFUSED")
+            logging.getLogger("kafka.net.manager").error("Bootstrap failed: Unable to bootstrap from ['x:1']")
+            logging.getLogger("kafka.net.selector").warning("Task ran for 0.2s: it is blocking the event loop")
+            logging.getLogger("kafka.cluster").info("Bootstrap complete")
+        assert kafka_problem() == "Connection lost: 111 ECONNREFUSED"
+        assert "kafka" not in caplog.text.lower(), caplog.text
+    finally:
+        kafka_logger.setLevel(saved[0])
+        kafka_logger.propagate = saved[1]
+        kafka_logger.handlers[:] = saved[2]
