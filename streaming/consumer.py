@@ -143,6 +143,7 @@ class StreamProcessor:
         self.watcher = None
         self.webhook = None
         self.monitor: BrokerMonitor | None = None
+        self._answers = None
         self._metrics_server = None
         self._stop_deadline: float | None = None
 
@@ -163,7 +164,7 @@ class StreamProcessor:
             self._abandon(f"second {signal.Signals(number).name}")
         limit = self.config.send_timeout_seconds + SHUTDOWN_GRACE_SECONDS
         self._stop_deadline = time.monotonic() + self.config.send_timeout_seconds
-        watchdog = threading.Timer(limit, self._abandon, args=(f"shutdown did not finish within {limit:g} s",))
+        watchdog = threading.Timer(limit, lambda: self._abandon(f"shutdown did not finish within {limit:g} s"))
         watchdog.daemon = True
         watchdog.start()
         self.request_stop()
@@ -171,6 +172,9 @@ class StreamProcessor:
     def _abandon(self, reason: str) -> None:
         """Ends the process at once (exit 1), committing nothing more: the next owner re-reads after the last
         commit."""
+        silence = self.monitor.seconds_since_answer() if self.monitor is not None else 0.0
+        if silence >= 1.0:
+            reason += f" ({self.config.bootstrap_servers} has not answered for {silence:.1f} s)"
         LOGGER.error("stream %s exits now without committing what is not acknowledged: %s", self.processor_id,
                      reason)
         for handler in logging.getLogger().handlers:
@@ -198,9 +202,9 @@ class StreamProcessor:
             heartbeat_interval_ms=max(100, config.session_timeout_ms // 4),
             max_poll_interval_ms=config.max_poll_interval_ms)
         self.commits = CommitTracker(self.consumer, self.producer, config.send_timeout_seconds)
-        clock = answer_clock(self.consumer)
-        if clock is not None:
-            self.monitor = BrokerMonitor(clock.seconds_since_answer, config.broker_lost_seconds, self.metrics,
+        self._answers = answer_clock(self.consumer)
+        if self._answers is not None:
+            self.monitor = BrokerMonitor(self._answers.seconds_since_answer, config.broker_lost_seconds, self.metrics,
                                          config.bootstrap_servers).start()
         self.consumer.subscribe([config.input_topic], listener=_CommitOnRevoke(self))
         if config.model_poll_seconds and is_model_root(config.model_dir):
@@ -264,13 +268,19 @@ class StreamProcessor:
             self._update_lag()
 
     def _commit_positions(self) -> None:
-        """The final synchronous commit, skipped (exit 1) when the broker stopped answering: it would block."""
+        """The final synchronous commit; exit 1 after one line when the broker is lost (it would block) or did
+        not answer it (a successful commit is an answer, so an older last answer means it failed)."""
         if self.monitor is not None and not self.monitor.check_now():
-            LOGGER.error("stream %s stopped without its final commit: %s has not answered for %.1f s; the next "
-                         "owner re-reads after the last commit", self.processor_id, self.config.bootstrap_servers,
-                         self.monitor.seconds_since_answer())
-            raise SystemExit(1)
+            self._stopped_without_final_commit(f"it has not answered for {self.monitor.seconds_since_answer():.1f} s")
+        asked = time.monotonic()
         self.commits.commit_positions()
+        if self.commits.positions and self._answers is not None and self._answers.last_answer < asked:
+            self._stopped_without_final_commit("it did not answer the commit")
+
+    def _stopped_without_final_commit(self, why: str) -> None:
+        LOGGER.error("stream %s stopped without its final commit to %s: %s; the next owner re-reads after the last "
+                     "commit", self.processor_id, self.config.bootstrap_servers, why)
+        raise SystemExit(1)
 
     def _flush_pending(self) -> None:
         """Handles the open batch, if any, sends its output and queues its offsets until it is acknowledged.
