@@ -142,9 +142,12 @@ def import_tensorflow(quiet: bool) -> None:
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Plain timestamped log lines on stderr; HEARTWATCH_LOG_LEVEL sets the level."""
+    """Plain timestamped log lines on stderr; HEARTWATCH_LOG_LEVEL sets the level. Apache Beam's INFO chatter
+    (type-hint conversions, state caches) is kept out unless DEBUG is asked for."""
     logging.basicConfig(level=(level or os.environ.get(LOG_LEVEL_VARIABLE, "INFO")).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose_logging():
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 def resolve_flags(argv: list[str]) -> tuple[str, Flags, list[str]]:

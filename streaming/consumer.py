@@ -50,9 +50,9 @@ from streaming.config import StreamConfig
 from streaming.handler import BatchHandler, BatchOutput, DeadLetterError
 from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import (
-    PRODUCER_DEFAULTS,
     answer_clock,
     check_reachable,
+    delivery_timeouts,
     ensure_topics,
     make_consumer,
     make_producer,
@@ -112,15 +112,6 @@ def load_model(config: StreamConfig) -> Detector:
     except Exception as error:  # a corrupt SavedModel raises OSError, TensorFlow errors or ValueError
         raise ValueError(f"--model_dir {config.model_dir}: cannot load a detector ({type(error).__name__}: "
                          f"{error}); point it at a model root or version written by `heartwatch train`") from None
-
-
-def delivery_options(config: StreamConfig) -> dict:
-    """Producer timeouts under which a record the broker did not acknowledge fails within the send timeout
-    (and ``send`` itself, waiting for a topic's metadata, blocks no longer)."""
-    delivery_ms = int(config.send_timeout_seconds * 1000)
-    linger_ms = PRODUCER_DEFAULTS["linger_ms"]
-    return {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": max(1, min(30000, delivery_ms - linger_ms)),
-            "max_block_ms": delivery_ms}
 
 
 class StreamProcessor:
@@ -194,7 +185,7 @@ class StreamProcessor:
         except (KafkaError, TimeoutError) as error:
             LOGGER.warning("could not check or create the topics (%s); assuming they exist", error)
         self.producer = make_producer(config, client_id=f"heartwatch-stream-{self.processor_id}",
-                                      **delivery_options(config))
+                                      **delivery_timeouts(config.send_timeout_seconds))
         self.consumer = make_consumer(
             config, group_id=config.group_id, client_id=f"heartwatch-stream-{self.processor_id}",
             auto_offset_reset=config.auto_offset_reset, max_poll_records=config.batch_size,

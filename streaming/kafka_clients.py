@@ -58,6 +58,14 @@ def _options(settings: KafkaSettings, client: str, defaults: dict, overrides: di
     return merged
 
 
+def delivery_timeouts(send_timeout_seconds: float) -> dict:
+    """Producer settings under which a record the broker did not acknowledge fails within ``send_timeout_seconds``
+    (kafka-python's delivery timeout is 2 minutes), and ``send``, waiting for a topic's metadata, blocks no longer."""
+    delivery_ms = int(send_timeout_seconds * 1000)
+    request_ms = max(1, min(30000, delivery_ms - PRODUCER_DEFAULTS["linger_ms"]))  # kafka-python requires the sum
+    return {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": request_ms, "max_block_ms": delivery_ms}
+
+
 def unreachable_message(settings: KafkaSettings, options: dict) -> str:
     """One line: which servers did not answer, for how long, kafka-python's last complaint and what to do."""
     seconds = options.get("bootstrap_timeout_ms", settings.connect_timeout_seconds * 1000) / 1000
