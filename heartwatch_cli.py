@@ -5,8 +5,17 @@ Each subcommand maps to its flag dataclass in a light config module (``pipeline.
 before TensorFlow is imported. Once the flags pass that fast check, the job module is imported and
 ``run(argv)`` parses them again, with the checks that need TensorFlow or Keras; ``report(result)``
 in the same module, when present, returns the text a person wants to see at the end, and the CLI
-prints it (library code logs, it never prints). Usage errors print
-one line, ``heartwatch SUB: error: ...``, and exit with status 2.
+prints it (library code logs, it never prints).
+
+Errors a user can act on print one line, ``heartwatch SUB: error: ...``, never a traceback: usage
+errors (a flag, or a file or model a flag names: ``ValueError``, ``FileNotFoundError``) exit with
+status 2, runtime failures (an unreachable broker, a port in use, other ``OSError``, Kafka and
+TensorFlow I/O errors) with status 1, Ctrl-C before a command handles it with 130. A subcommand's
+``preflight`` runs on the parsed flags before TensorFlow is imported (`heartwatch stream` checks
+its metrics port and that the cluster answers, so an unreachable one fails within
+``--connect_timeout_seconds``). For
+Beam commands a leftover flag close to one of the command's own flags is refused at once ("did you
+mean"), before Apache Beam is imported to check the others.
 
 Unless ``TF_CPP_MIN_LOG_LEVEL`` is set or ``HEARTWATCH_LOG_LEVEL=DEBUG`` asks for everything,
 TensorFlow's C++ logs are turned off (level 3) and TensorFlow is imported with the process's native
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import importlib.util
 import logging
@@ -26,6 +36,8 @@ import sys
 LOG_LEVEL_VARIABLE = "HEARTWATCH_LOG_LEVEL"
 TENSORFLOW_LOG_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 USAGE_STATUS = 2
+RUNTIME_STATUS = 1
+INTERRUPTED_STATUS = 130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +62,7 @@ class Subcommand:
     flags: Flags | None = None
     actions: dict = dataclasses.field(default_factory=dict)
     tensorflow: bool = True
+    preflight: str = ""  # "module:function" called with the parsed flags before TensorFlow is imported
 
 
 SUBCOMMANDS = {
@@ -62,16 +75,16 @@ SUBCOMMANDS = {
                           actions={"train": Flags("pipeline.config", "DenoiseTrainConfig"),
                                    "run": Flags("pipeline.config", "DenoiseRunConfig", beam=True)}),
     "stream": Subcommand("streaming.consumer", "Kafka consumer group scoring heartbeats, emitting anomaly events",
-                         Flags("streaming.config", "StreamConfig")),
+                         Flags("streaming.config", "StreamConfig"), preflight="streaming.preflight:check_stream"),
     "broker": Subcommand("streaming.broker", "start a local Kafka-protocol broker (tansu, memory storage)",
                          Flags("streaming.config", "BrokerConfig"), tensorflow=False),
     "replay": Subcommand("streaming.replay",
                          "publish beats from a dataset or the generator to a topic at a rate",
-                         Flags("streaming.config", "ReplayConfig"), tensorflow=False),
+                         Flags("streaming.config", "ReplayConfig"), preflight="streaming.preflight:check_cluster"),
     "tail": Subcommand("streaming.tail", "print the events of a topic readably",
                        Flags("streaming.config", "TailConfig"), tensorflow=False),
     "demo": Subcommand("streaming.demo", "the whole flow on an embedded default: train, broker, stream, replay",
-                       Flags("streaming.config", "DemoConfig")),
+                       Flags("streaming.config", "DemoConfig"), preflight="streaming.preflight:check_demo"),
 }
 
 
@@ -129,9 +142,12 @@ def import_tensorflow(quiet: bool) -> None:
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Plain timestamped log lines on stderr; HEARTWATCH_LOG_LEVEL sets the level."""
+    """Plain timestamped log lines on stderr; HEARTWATCH_LOG_LEVEL sets the level. Apache Beam's INFO chatter
+    (type-hint conversions, state caches) is kept out unless DEBUG is asked for."""
     logging.basicConfig(level=(level or os.environ.get(LOG_LEVEL_VARIABLE, "INFO")).upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose_logging():
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 def resolve_flags(argv: list[str]) -> tuple[str, Flags, list[str]]:
@@ -147,17 +163,69 @@ def resolve_flags(argv: list[str]) -> tuple[str, Flags, list[str]]:
     return f"heartwatch {name} {rest[0]}", subcommand.actions[rest[0]], rest[1:]
 
 
-def check_flags(prog: str, command_flags: Flags, arguments: list[str]) -> None:
-    """Parses a command's flags without the job's heavy checks (``deep_checks``); raises ValueError."""
+def refuse_near_misses(config_class, arguments: list[str], prog: str) -> None:
+    """Raises FlagError for a leftover flag that looks like a misspelt flag of ``config_class`` (no Beam import)."""
     from models.common import flags
 
-    parse = flags.parse_beam_flags if command_flags.beam else flags.parse_flags
-    parse(command_flags.load(), arguments, prog=prog, deep_checks=False)
+    own = [flag.option for flag in flags.flags_of(config_class)]
+    _, leftovers = flags.build_parser(config_class, prog=prog, beam=True).parse_known_args(arguments)
+    for argument in leftovers:
+        if not argument.startswith("--"):
+            continue
+        name = argument.split("=", 1)[0]
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.8)
+        if close:
+            raise flags.FlagError(f"unknown flag {name} (did you mean {close[0]}?)")
 
 
-def _error(prog: str, error: Exception) -> int:
-    print(f"{prog}: error: {error}", file=sys.stderr)
-    return USAGE_STATUS
+def check_flags(prog: str, command_flags: Flags, arguments: list[str]):
+    """Parses a command's flags without the job's heavy checks (``deep_checks``); returns the flag dataclass.
+
+    Raises ValueError naming the flag.
+    """
+    from models.common import flags
+
+    config_class = command_flags.load()
+    if not command_flags.beam:
+        return flags.parse_flags(config_class, arguments, prog=prog, deep_checks=False)
+    refuse_near_misses(config_class, arguments, prog)
+    return flags.parse_beam_flags(config_class, arguments, prog=prog, deep_checks=False)[0]
+
+
+def run_preflight(subcommand: Subcommand, config) -> None:
+    """Calls the subcommand's ``preflight`` function, if any, with its parsed flags."""
+    if subcommand.preflight:
+        module_name, function_name = subcommand.preflight.split(":")
+        getattr(importlib.import_module(module_name), function_name)(config)
+
+
+def runtime_errors() -> tuple:
+    """Exception types that are a runtime failure to report in one line (of the libraries already imported)."""
+    types = [OSError]
+    if "kafka" in sys.modules:
+        types.append(sys.modules["kafka"].errors.KafkaError)
+    if "tensorflow" in sys.modules:
+        errors = sys.modules["tensorflow"].errors
+        types += [errors.NotFoundError, errors.PermissionDeniedError, errors.DataLossError]
+    return tuple(types)
+
+
+def _error(prog: str, error: Exception, status: int = USAGE_STATUS) -> int:
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _failure(prog: str, error: BaseException) -> int | None:
+    """The exit status of a user-facing failure (after its one line), or None to let it propagate."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return _error(prog, error)
+    if isinstance(error, runtime_errors()):
+        return _error(prog, error, RUNTIME_STATUS)
+    return None
 
 
 def main(argv=None) -> int:
@@ -180,18 +248,22 @@ def main(argv=None) -> int:
     prog = f"heartwatch {name}"
     try:
         prog, command_flags, arguments = resolve_flags(argv)
-        check_flags(prog, command_flags, arguments)
+        config = check_flags(prog, command_flags, arguments)
     except SystemExit as exit_request:  # --help printed
         return exit_request.code or 0
     except (ValueError, FileNotFoundError) as error:
         return _error(prog, error)
-    if subcommand.tensorflow:
-        import_tensorflow(quiet)
-    module = importlib.import_module(subcommand.module)
     try:
+        run_preflight(subcommand, config)
+        if subcommand.tensorflow:
+            import_tensorflow(quiet)
+        module = importlib.import_module(subcommand.module)
         result = module.run(argv[1:])
-    except (ValueError, FileNotFoundError) as error:
-        return _error(prog, error)
+    except (Exception, KeyboardInterrupt) as error:
+        status = _failure(prog, error)
+        if status is None:
+            raise
+        return status
     if hasattr(module, "report"):
         print(module.report(result))
     return 0

@@ -60,27 +60,33 @@ def _accepts_connections(host: str, port: int) -> bool:
 class LocalBroker:
     """A tansu broker process with memory storage; use as a context manager or call start/stop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file=None):
-        """``log_file``: an open binary file that receives tansu's output (None: discarded)."""
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_file=None, advertised_port: int = 0):
+        """``log_file``: an open binary file that receives tansu's output (None: discarded).
+
+        ``advertised_port``: the port clients are told to connect to (default: ``port``), e.g. that of
+        a TCP relay in front of the broker.
+        """
         self.host = host
         self.port = port or free_port(host)
+        self.advertised_port = advertised_port or self.port
         self.log_file = log_file
         self.process: subprocess.Popen | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        """``host:port`` for Kafka clients."""
-        return f"{self.host}:{self.port}"
+        """``host:port`` for Kafka clients (the advertised port)."""
+        return f"{self.host}:{self.advertised_port}"
 
     def start(self) -> LocalBroker:
         """Starts tansu and waits until it accepts connections."""
         if self.process is not None:
             raise ValueError("broker already started")
         if _accepts_connections(self.host, self.port):
-            raise ValueError(f"port {self.port} on {self.host} is already in use")
+            raise OSError(f"{self.host}:{self.port} is already in use (another broker?): choose another --port, "
+                          "or 0 for a free one")
         url = f"tcp://{self.host}:{self.port}"
-        command = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                   "--storage-engine", "memory://tansu/"]
+        command = [tansu_path(), "broker", "--listener-url", url, "--advertised-listener-url",
+                   f"tcp://{self.host}:{self.advertised_port}", "--storage-engine", "memory://tansu/"]
         self.process = subprocess.Popen(command, stdout=self.log_file or subprocess.DEVNULL,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -92,7 +98,7 @@ class LocalBroker:
                 self.stop()
                 raise RuntimeError(f"tansu did not listen on {url} within {START_TIMEOUT_SECONDS} s")
             time.sleep(0.05)
-        LOGGER.info("tansu broker (memory storage) listening on %s, pid %d", self.bootstrap_servers, self.process.pid)
+        LOGGER.info("tansu broker (memory storage) listening on %s:%d, pid %d", self.host, self.port, self.process.pid)
         return self
 
     def stop(self) -> None:
@@ -106,7 +112,7 @@ class LocalBroker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        LOGGER.info("tansu broker on %s stopped", self.bootstrap_servers)
+        LOGGER.info("tansu broker on %s:%d stopped", self.host, self.port)
         self.process = None
 
     def __enter__(self) -> LocalBroker:

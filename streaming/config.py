@@ -92,6 +92,30 @@ def check_kafka_options(options: dict, known_keys_by_client: dict) -> None:
             raise ValueError(f"--kafka_option {key!r} is not a kafka-python consumer, producer or admin setting")
 
 
+def check_bootstrap_servers(text, flag: str = "--bootstrap_servers") -> None:
+    """Raises ValueError unless ``text`` is a comma-separated list of ``host:port`` (port 1-65535) or ``host``.
+
+    IPv6 addresses go in brackets (``[::1]:9092``); a bare host means kafka-python's port 9092.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{flag} must be a host:port list, got {text!r}")
+    for server in text.split(","):
+        server = server.strip()
+        if server.startswith("["):  # [ipv6-address] or [ipv6-address]:port
+            host, closed, rest = server[1:].partition("]")
+            if not closed or (rest and not rest.startswith(":")):
+                raise ValueError(f"{flag}: {server!r} is not [ipv6-address]:port")
+            has_port, port = bool(rest), rest[1:]
+            host_ok = bool(host) and not any(character.isspace() for character in host)
+        else:
+            host, has_port, port = server.rpartition(":") if ":" in server else (server, False, "")
+            host_ok = bool(host) and not any(character.isspace() or character in "/[]:" for character in host)
+        if not host_ok:
+            raise ValueError(f"{flag}: {server!r} is not host:port (e.g. localhost:9092)")
+        if has_port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{flag}: the port of {server!r} must be a number from 1 to 65535, got {port!r}")
+
+
 def _check_positive(config, *names) -> None:
     for name in names:
         value = getattr(config, name)
@@ -128,11 +152,14 @@ class KafkaSettings:
     kafka_option: tuple[str, ...] = field(
         "extra kafka-python client setting key=value (SASL/SSL too), repeat the flag for more; prefix "
         "consumer./producer./admin. to target one client", default=(), separator=None, from_json=kafka_option_pairs)
+    connect_timeout_seconds: float = field(
+        "how long to wait for the cluster to answer at start before giving up (kafka-python bootstrap)",
+        default=10.0)
 
     def __post_init__(self):
-        """Checks the cluster address and the option syntax."""
-        if not isinstance(self.bootstrap_servers, str) or not self.bootstrap_servers.strip():
-            raise ValueError(f"--bootstrap_servers must be a host:port list, got {self.bootstrap_servers!r}")
+        """Checks the cluster address, the connect timeout and the option syntax."""
+        check_bootstrap_servers(self.bootstrap_servers)
+        _check_positive(self, "connect_timeout_seconds")
         object.__setattr__(self, "kafka_option", kafka_option_pairs(self.kafka_option))
         parse_kafka_options(self.kafka_option)
 
@@ -182,6 +209,8 @@ class StreamConfig(KafkaSettings):
                                    default="earliest")
     send_timeout_seconds: float = field("how long to wait for the broker to acknowledge a batch's output",
                                         default=30.0)
+    broker_lost_seconds: float = field("log 'broker lost' and report heartwatch_broker_connected 0 after this "
+                                       "long without an answer from the broker", default=10.0)
 
     def __post_init__(self):
         """Validates every flag once, before any connection is made."""
@@ -196,7 +225,7 @@ class StreamConfig(KafkaSettings):
         _check_positive(self, "batch_size", "batch_timeout_ms", "poll_timeout_ms", "max_message_bytes",
                         "worst_segments", "segment_length", "alert_count", "alert_window_seconds",
                         "adaptive_min_beats", "adaptive_sigma", "session_timeout_ms", "max_poll_interval_ms",
-                        "send_timeout_seconds")
+                        "send_timeout_seconds", "broker_lost_seconds")
         _check_non_negative(self, "model_poll_seconds", "metrics_port")
         _check_choice(self, "input_encoding", ("auto", "json", "binary"))
         _check_choice(self, "xla", ("auto", "on", "off"))
@@ -297,3 +326,5 @@ class DemoConfig:
                 raise ValueError(f"--{name} must be a non-empty string, got {getattr(self, name)!r}")
         _check_non_negative(self, "rate", "limit", "show_events", "metrics_port")
         _check_positive(self, "epochs")
+        if self.bootstrap_servers:
+            check_bootstrap_servers(self.bootstrap_servers)

@@ -16,6 +16,15 @@ batch, waits for every acknowledgement and commits before the partitions go; SIG
 set a stop flag, after which the loop finishes the batch, flushes, commits, and the process exits 0
 (``finally`` flushes and closes every client). Hot swaps of the detector happen between batches
 (``streaming.hotswap``).
+
+Failures end in one line and a non-zero exit, never in a hang: the producer fails a record the
+broker did not acknowledge within ``send_timeout_seconds`` (its delivery timeout), which stops the
+stream without committing that batch (exit 1). A stop while the broker is down therefore ends
+within the send timeout plus the few seconds closing the clients takes; the final commit is skipped
+when the broker has not answered for ``broker_lost_seconds`` (exit 1, the next owner re-reads after
+the last commit), and after a signal a watchdog ends the process if shutdown still runs
+``SHUTDOWN_GRACE_SECONDS`` past the send timeout. A second signal exits at once. Outages are logged
+once each way and exported as metrics (``streaming.monitoring.BrokerMonitor``).
 """
 
 from __future__ import annotations
@@ -30,24 +39,33 @@ import threading
 import time
 
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from models.common.flags import parse_flags
 from models.detection.detector import Detector, is_model_root, load_detector
 from streaming import topics
 from streaming.alerts import WebhookSender
-from streaming.commits import CommitTracker, log_failed_commit
+from streaming.commits import CommitTracker, DeliveryError, log_failed_commit
 from streaming.config import StreamConfig
 from streaming.handler import BatchHandler, BatchOutput, DeadLetterError
 from streaming.hotswap import ModelWatcher
-from streaming.kafka_clients import ensure_topics, make_consumer, make_producer
-from streaming.monitoring import StreamMetrics, quiet_kafka_logs, use_json_logs
+from streaming.kafka_clients import (
+    answer_clock,
+    check_reachable,
+    delivery_timeouts,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from streaming.monitoring import BrokerMonitor, StreamMetrics, quiet_kafka_logs, use_json_logs
 
 LOGGER = logging.getLogger(__name__)
 
 LAG_INTERVAL_SECONDS = 1.0
 MAX_BATCHES_IN_FLIGHT = 4
 IN_FLIGHT_POLL_TIMEOUT_MS = 10
+SHUTDOWN_GRACE_SECONDS = 4.0
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -85,12 +103,23 @@ class _CommitOnRevoke(AsyncConsumerRebalanceListener):
         self.processor.on_assigned(assigned)
 
 
+def load_model(config: StreamConfig) -> Detector:
+    """The detector of ``--model_dir``; an error naming the flag when it is missing or cannot be loaded."""
+    try:
+        return load_detector(config.model_dir, config.xla)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--model_dir: {error}") from None
+    except Exception as error:  # a corrupt SavedModel raises OSError, TensorFlow errors or ValueError
+        raise ValueError(f"--model_dir {config.model_dir}: cannot load a detector ({type(error).__name__}: "
+                         f"{error}); point it at a model root or version written by `heartwatch train`") from None
+
+
 class StreamProcessor:
     """One consumer-group member: poll, micro-batch, handle, send, acknowledge, commit."""
 
     def __init__(self, config: StreamConfig, detector: Detector | None = None):
         self.config = config
-        self.detector = detector or load_detector(config.model_dir, config.xla)
+        self.detector = detector or load_model(config)
         self.metrics = StreamMetrics()
         self.summary = StreamSummary(model_version=self.detector.version, device=self.detector.device)
         self.processor_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -104,7 +133,10 @@ class StreamProcessor:
         self.commits: CommitTracker | None = None
         self.watcher = None
         self.webhook = None
+        self.monitor: BrokerMonitor | None = None
+        self._answers = None
         self._metrics_server = None
+        self._stop_deadline: float | None = None
 
     def request_stop(self) -> None:
         """Asks the loop to finish its batch, commit and return (safe from signal handlers and threads)."""
@@ -115,7 +147,30 @@ class StreamProcessor:
             LOGGER.debug("not on the main thread: no signal handlers; call request_stop() to stop")
             return
         for signal_number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signal_number, lambda number, frame: self.request_stop())
+            signal.signal(signal_number, lambda number, frame: self._on_signal(number))
+
+    def _on_signal(self, number: int) -> None:
+        """First signal: stop after the batch, with a watchdog bounding the shutdown; second: exit now."""
+        if self._stop.is_set():
+            self._abandon(f"second {signal.Signals(number).name}")
+        limit = self.config.send_timeout_seconds + SHUTDOWN_GRACE_SECONDS
+        self._stop_deadline = time.monotonic() + self.config.send_timeout_seconds
+        watchdog = threading.Timer(limit, lambda: self._abandon(f"shutdown did not finish within {limit:g} s"))
+        watchdog.daemon = True
+        watchdog.start()
+        self.request_stop()
+
+    def _abandon(self, reason: str) -> None:
+        """Ends the process at once (exit 1), committing nothing more: the next owner re-reads after the last
+        commit."""
+        silence = self.monitor.seconds_since_answer() if self.monitor is not None else 0.0
+        if silence >= 1.0:
+            reason += f" ({self.config.bootstrap_servers} has not answered for {silence:.1f} s)"
+        LOGGER.error("stream %s exits now without committing what is not acknowledged: %s", self.processor_id,
+                     reason)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
 
     def _start(self) -> None:
         config = self.config
@@ -129,7 +184,8 @@ class StreamProcessor:
                 config.alerts_topic)})
         except (KafkaError, TimeoutError) as error:
             LOGGER.warning("could not check or create the topics (%s); assuming they exist", error)
-        self.producer = make_producer(config, client_id=f"heartwatch-stream-{self.processor_id}")
+        self.producer = make_producer(config, client_id=f"heartwatch-stream-{self.processor_id}",
+                                      **delivery_timeouts(config.send_timeout_seconds))
         self.consumer = make_consumer(
             config, group_id=config.group_id, client_id=f"heartwatch-stream-{self.processor_id}",
             auto_offset_reset=config.auto_offset_reset, max_poll_records=config.batch_size,
@@ -137,6 +193,10 @@ class StreamProcessor:
             heartbeat_interval_ms=max(100, config.session_timeout_ms // 4),
             max_poll_interval_ms=config.max_poll_interval_ms)
         self.commits = CommitTracker(self.consumer, self.producer, config.send_timeout_seconds)
+        self._answers = answer_clock(self.consumer)
+        if self._answers is not None:
+            self.monitor = BrokerMonitor(self._answers.seconds_since_answer, config.broker_lost_seconds, self.metrics,
+                                         config.bootstrap_servers).start()
         self.consumer.subscribe([config.input_topic], listener=_CommitOnRevoke(self))
         if config.model_poll_seconds and is_model_root(config.model_dir):
             self.watcher = ModelWatcher(config.model_dir, self.detector.version, config.xla,
@@ -151,16 +211,22 @@ class StreamProcessor:
                     config.batch_size, config.batch_timeout_ms)
 
     def run(self) -> StreamSummary:
-        """Consumes until asked to stop; returns the counts. Raises ``streaming.commits.DeliveryError`` if output
-        is not acknowledged, and ``SystemExit(1)`` after one error line if a dead letter cannot be built."""
+        """Consumes until asked to stop; returns the counts. Raises ``SystemExit(1)`` after one error line if a
+        dead letter cannot be built, if output is not acknowledged within the send timeout
+        (``streaming.commits.DeliveryError``), or if the broker is lost at the final commit."""
         self._install_signal_handlers()
         try:
             self._start()
             self._loop()
             self._finish_batches()
-            self.commits.commit_positions()
+            self._commit_positions()
         except DeadLetterError as error:  # the batch is neither sent nor committed: its owner re-reads it
             LOGGER.error("stream %s stopped without committing: %s", self.processor_id, error)
+            raise SystemExit(1) from None
+        except (DeliveryError, KafkaTimeoutError) as error:  # flush() raises KafkaTimeoutError, the tracker the rest
+            LOGGER.error("stream %s stopped without committing unacknowledged output: the broker did not acknowledge "
+                         "it within %g s (%s); the next owner re-reads it", self.processor_id,
+                         self.config.send_timeout_seconds, error)
             raise SystemExit(1) from None
         finally:
             self._close()
@@ -173,8 +239,8 @@ class StreamProcessor:
         deadline = None
         while not self._stop.is_set():
             self._swap_detector_if_ready()
-            if self._pending:
-                timeout_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if self._pending:  # at most poll_timeout_ms, so a stop request is seen whatever batch_timeout_ms is
+                timeout_ms = min(config.poll_timeout_ms, max(0, int((deadline - time.monotonic()) * 1000)))
             elif len(self.commits):
                 timeout_ms = IN_FLIGHT_POLL_TIMEOUT_MS
             else:
@@ -191,6 +257,21 @@ class StreamProcessor:
             with self._batch_lock:
                 self.commits.commit_acknowledged()
             self._update_lag()
+
+    def _commit_positions(self) -> None:
+        """The final synchronous commit; exit 1 after one line when the broker is lost (it would block) or did
+        not answer it (a successful commit is an answer, so an older last answer means it failed)."""
+        if self.monitor is not None and not self.monitor.check_now():
+            self._stopped_without_final_commit(f"it has not answered for {self.monitor.seconds_since_answer():.1f} s")
+        asked = time.monotonic()
+        self.commits.commit_positions()
+        if self.commits.positions and self._answers is not None and self._answers.last_answer < asked:
+            self._stopped_without_final_commit("it did not answer the commit")
+
+    def _stopped_without_final_commit(self, why: str) -> None:
+        LOGGER.error("stream %s stopped without its final commit to %s: %s; the next owner re-reads after the last "
+                     "commit", self.processor_id, self.config.bootstrap_servers, why)
+        raise SystemExit(1)
 
     def _flush_pending(self) -> None:
         """Handles the open batch, if any, sends its output and queues its offsets until it is acknowledged.
@@ -283,23 +364,42 @@ class StreamProcessor:
         LOGGER.info("partitions assigned: %s", sorted(f"{p.topic}/{p.partition}" for p in assigned))
 
     def _close(self) -> None:
+        """Closes everything within the stop deadline (``send_timeout_seconds`` after a signal) plus a little."""
         self._pending = []  # only non-empty after a failure: left uncommitted, re-read by the next owner
         if self.commits is not None:
             self.commits.discard()
         if self.watcher is not None:
             self.watcher.stop()
+        deadline = self._stop_deadline or time.monotonic() + self.config.send_timeout_seconds
+
+        def remaining() -> float:
+            return max(CLOSE_TIMEOUT_SECONDS, deadline - time.monotonic())
+
+        if self.producer is not None:
+            self._quietly("flush the producer", lambda: self.producer.flush(timeout=remaining()))
+        if self.consumer is not None:
+            self._quietly("close the consumer", lambda: self.consumer.close(
+                autocommit=False, timeout_ms=int(CLOSE_TIMEOUT_SECONDS * 1000) if self._broker_lost()
+                else int(remaining() * 1000)))
+        if self.producer is not None:
+            self._quietly("close the producer", lambda: self.producer.close(timeout=remaining()))
+        if self.webhook is not None:
+            self.webhook.close()
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+
+    def _broker_lost(self) -> bool:
+        return self.monitor is not None and not self.monitor.connected
+
+    @staticmethod
+    def _quietly(action: str, step) -> None:
+        """Runs one closing step; a Kafka error there is logged (the outcome is already decided)."""
         try:
-            if self.producer is not None:
-                self.producer.flush(timeout=self.config.send_timeout_seconds)
-        finally:
-            if self.consumer is not None:
-                self.consumer.close(autocommit=False)
-            if self.producer is not None:
-                self.producer.close(timeout=self.config.send_timeout_seconds)
-            if self.webhook is not None:
-                self.webhook.close()
-            if self._metrics_server is not None:
-                self._metrics_server.shutdown()
+            step()
+        except KafkaError as error:
+            LOGGER.warning("could not %s cleanly: %s", action, error)
 
 
 def run(argv=None) -> StreamSummary:
@@ -308,6 +408,7 @@ def run(argv=None) -> StreamSummary:
     quiet_kafka_logs()
     if config.log_format == "json":
         use_json_logs()
+    check_reachable(config)  # before loading the model: an unreachable cluster fails in connect_timeout_seconds
     return StreamProcessor(config).run()
 
 

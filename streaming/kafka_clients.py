@@ -20,11 +20,15 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.metrics.measurable_stat import AbstractMeasurableStat
 
 from streaming.config import KafkaSettings, check_kafka_options, client_options
+from streaming.monitoring import kafka_problem
 
 LOGGER = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 KNOWN_KEYS = {
     "consumer": set(KafkaConsumer.DEFAULT_CONFIG),
@@ -38,29 +42,107 @@ CONSUMER_DEFAULTS = {"enable_auto_commit": False, "max_partition_fetch_bytes": 8
                      "fetch_max_bytes": 64 << 20, "fetch_max_wait_ms": 20, "retry_backoff_ms": 20}
 
 
+class BrokerUnreachableError(ConnectionError):
+    """No broker of ``bootstrap_servers`` answered within the connect timeout."""
+
+
 def _options(settings: KafkaSettings, client: str, defaults: dict, overrides: dict) -> dict:
     options = settings.options()
     check_kafka_options(options, KNOWN_KEYS)
-    merged = dict(defaults)
+    merged = {"bootstrap_timeout_ms": int(settings.connect_timeout_seconds * 1000),
+              "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS}
+    merged.update(defaults)
     merged.update(overrides)
     merged.update(client_options(options, client, KNOWN_KEYS[client]))
     merged["bootstrap_servers"] = [server.strip() for server in settings.bootstrap_servers.split(",")]
     return merged
 
 
+def delivery_timeouts(send_timeout_seconds: float) -> dict:
+    """Producer settings under which a record the broker did not acknowledge fails within ``send_timeout_seconds``
+    (kafka-python's delivery timeout is 2 minutes), and ``send``, waiting for a topic's metadata, blocks no longer."""
+    delivery_ms = int(send_timeout_seconds * 1000)
+    request_ms = max(1, min(30000, delivery_ms - PRODUCER_DEFAULTS["linger_ms"]))  # kafka-python requires the sum
+    return {"delivery_timeout_ms": delivery_ms, "request_timeout_ms": request_ms, "max_block_ms": delivery_ms}
+
+
+def unreachable_message(settings: KafkaSettings, options: dict) -> str:
+    """One line: which servers did not answer, for how long, kafka-python's last complaint and what to do."""
+    seconds = options.get("bootstrap_timeout_ms", settings.connect_timeout_seconds * 1000) / 1000
+    problem = kafka_problem() or "no answer"
+    return (f"no Kafka broker answered at {settings.bootstrap_servers} within {seconds:g} s ({problem}): check "
+            "--bootstrap_servers (and --kafka_option security settings), start one with `heartwatch broker`, "
+            "or wait longer with --connect_timeout_seconds")
+
+
+def _connect(client_class, settings: KafkaSettings, options: dict, *topics: str):
+    """Builds a client (kafka-python bootstraps in the constructor); BrokerUnreachableError when it cannot."""
+    try:
+        return client_class(*topics, **options)
+    except KafkaTimeoutError:
+        raise BrokerUnreachableError(unreachable_message(settings, options)) from None
+
+
 def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     """A producer with the at-least-once defaults, ``overrides``, then the user's options."""
-    return KafkaProducer(**_options(settings, "producer", PRODUCER_DEFAULTS, overrides))
+    return _connect(KafkaProducer, settings, _options(settings, "producer", PRODUCER_DEFAULTS, overrides))
 
 
 def make_consumer(settings: KafkaSettings, *topics: str, **overrides) -> KafkaConsumer:
     """A consumer (auto-commit off) with ``overrides``, then the user's options."""
-    return KafkaConsumer(*topics, **_options(settings, "consumer", CONSUMER_DEFAULTS, overrides))
+    return _connect(KafkaConsumer, settings, _options(settings, "consumer", CONSUMER_DEFAULTS, overrides), *topics)
 
 
 def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
     """An admin client with the user's options."""
-    return KafkaAdminClient(**_options(settings, "admin", {}, {}))
+    return _connect(KafkaAdminClient, settings, _options(settings, "admin", {}, {}))
+
+
+def check_reachable(settings: KafkaSettings) -> None:
+    """Raises BrokerUnreachableError unless the cluster answers within ``settings.connect_timeout_seconds``."""
+    make_admin(settings).close()
+
+
+class AnswerClock(AbstractMeasurableStat):
+    """A kafka-python stat on the consumer's request-latency sensor: when the broker last answered a request.
+
+    The sensor records every response the consumer's connections receive (fetches every
+    ``fetch_max_wait_ms`` while it owns partitions, heartbeats, commits, metadata), so its last
+    record is the last successful round trip to the broker.
+    """
+
+    def __init__(self):
+        self.last_answer = time.monotonic()
+
+    def record(self, config, value, time_ms):
+        """Called by the sensor (on kafka-python's IO thread) for every response."""
+        self.last_answer = time.monotonic()
+
+    def measure(self, config, now):
+        """Seconds since the last answer."""
+        return self.seconds_since_answer()
+
+    def seconds_since_answer(self) -> float:
+        """Seconds since the broker last answered this consumer."""
+        return max(0.0, time.monotonic() - self.last_answer)
+
+
+def answer_clock(consumer: KafkaConsumer) -> AnswerClock | None:
+    """Attaches an ``AnswerClock`` to the consumer's request-latency sensor; None when its metrics are off.
+
+    kafka-python keeps its metrics registry private (``_metrics``) but its sensors and stats are its
+    public metrics API; the sensor is created here when no connection made it yet (kafka-python gets
+    the same sensor by name).
+    """
+    registry = getattr(consumer, "_metrics", None)
+    if registry is None:
+        LOGGER.warning("kafka-python metrics are off (metrics_enabled=False): broker outages are not monitored")
+        return None
+    clock = AnswerClock()
+    registry.sensor("request-latency").add(
+        registry.metric_name("last-answer-seconds-ago", "heartwatch", "seconds since the broker last answered"),
+        clock)
+    return clock
 
 
 def ensure_topics(settings: KafkaSettings, topics: dict[str, int], timeout_seconds: float = 30.0) -> None:
@@ -68,7 +150,7 @@ def ensure_topics(settings: KafkaSettings, topics: dict[str, int], timeout_secon
     wanted = {name: partitions for name, partitions in topics.items() if name}
     if not wanted:
         return
-    admin = make_admin(settings)
+    admin = make_admin(settings)  # BrokerUnreachableError when the cluster does not answer
     try:
         deadline = time.monotonic() + timeout_seconds
         existing = set(admin.list_topics())

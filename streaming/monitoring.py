@@ -17,7 +17,19 @@ heartwatch_consumer_lag{topic,partition}    gauge      high watermark minus posi
 heartwatch_model_version                    gauge      serving model version number
 heartwatch_model_swaps_total                counter    hot swaps performed
 heartwatch_model_refusals_total             counter    model versions refused
+heartwatch_seconds_since_last_fetch         gauge      seconds since the broker last answered the consumer
+heartwatch_broker_connected                 gauge      1 while the broker answers, 0 during an outage
 ==========================================  =========  ================================================
+
+The two broker gauges come from ``BrokerMonitor``: the consumer's connections record every answer
+(fetch responses every ``fetch_max_wait_ms`` while it owns partitions, group heartbeats otherwise),
+the first gauge is computed at each scrape (so it keeps growing while the broker is down), and after
+``broker_lost_seconds`` without an answer the monitor logs ``broker lost`` once, sets the second to
+0, and logs ``broker regained`` with the outage's length when answers come back.
+
+kafka-python logs every failed connection attempt, several lines a second during an outage.
+``quiet_kafka_logs`` keeps those lines out of the log (``HEARTWATCH_LOG_LEVEL=DEBUG`` shows them) and
+remembers the last one, which heartwatch's own one-line messages quote (``kafka_problem``).
 """
 
 from __future__ import annotations
@@ -25,11 +37,20 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
+import socket
+import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+LOGGER = logging.getLogger(__name__)
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+BROKER_CHECK_SECONDS = 0.5
+PROBLEM_LENGTH = 200
+IGNORED_KAFKA_LOGGERS = ("kafka.net.selector",)  # its slow-task warnings say nothing about the broker
 
 
 class StreamMetrics:
@@ -57,11 +78,92 @@ class StreamMetrics:
         self.model_version = Gauge("heartwatch_model_version", "serving model version number", registry=registry)
         self.model_swaps = Counter("heartwatch_model_swaps", "hot swaps performed", registry=registry)
         self.model_refusals = Counter("heartwatch_model_refusals", "model versions refused", registry=registry)
+        self.seconds_since_last_fetch = Gauge("heartwatch_seconds_since_last_fetch",
+                                              "seconds since the broker last answered the consumer",
+                                              registry=registry)
+        self.broker_connected = Gauge("heartwatch_broker_connected", "1 while the broker answers, 0 during an outage",
+                                      registry=registry)
+        self.broker_connected.set(1)
 
     def serve(self, port: int):
-        """Starts the ``/metrics`` HTTP endpoint on ``port``; returns the server."""
-        server, _ = start_http_server(port, registry=self.registry)
+        """Starts the ``/metrics`` HTTP endpoint on ``port``; returns the server. A port in use is an OSError
+        with one line naming the flag."""
+        try:
+            server, _ = start_http_server(port, registry=self.registry)
+        except OSError as error:
+            raise OSError(port_problem(port, error)) from None
         return server
+
+
+def port_problem(port: int, error: OSError) -> str:
+    """One line: the metrics port cannot be served, why, and what to do."""
+    return f"--metrics_port {port}: cannot serve metrics ({error.strerror or error}); choose a free port, or 0 for none"
+
+
+def check_metrics_port(port: int) -> None:
+    """Raises OSError (one line naming the flag) unless ``port`` can be listened on now, as the endpoint will."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+        try:
+            probe.bind(("", port))
+        except OSError as error:
+            raise OSError(port_problem(port, error)) from None
+
+
+class BrokerMonitor:
+    """Logs ``broker lost`` / ``broker regained`` once per outage and keeps the two broker gauges current.
+
+    ``seconds_since_answer`` is a callable (``streaming.kafka_clients.AnswerClock``); a daemon thread
+    checks it every ``BROKER_CHECK_SECONDS``, independent of the consumer loop (which may be blocked
+    waiting for acknowledgements during an outage).
+    """
+
+    def __init__(self, seconds_since_answer, lost_after_seconds: float, metrics: StreamMetrics, servers: str,
+                 check_seconds: float = BROKER_CHECK_SECONDS):
+        if lost_after_seconds <= 0:
+            raise ValueError(f"lost_after_seconds must be positive, got {lost_after_seconds}")
+        self.seconds_since_answer = seconds_since_answer
+        self.lost_after_seconds = lost_after_seconds
+        self.metrics = metrics
+        self.servers = servers
+        self.check_seconds = check_seconds
+        self.connected = True
+        self.outages = 0
+        self._lost_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="broker-monitor", daemon=True)
+        metrics.seconds_since_last_fetch.set_function(seconds_since_answer)
+
+    def start(self) -> BrokerMonitor:
+        """Starts the checking thread."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops the checking thread."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def check_now(self) -> bool:
+        """One check: logs a change of state and updates the gauge; returns whether the broker answers."""
+        silent = self.seconds_since_answer()
+        if self.connected and silent >= self.lost_after_seconds:
+            self.connected = False
+            self.outages += 1
+            self._lost_at = time.monotonic() - silent
+            self.metrics.broker_connected.set(0)
+            LOGGER.error("broker lost: %s has not answered for %.1f s (%s); nothing is committed until it answers",
+                         self.servers, silent, kafka_problem() or "no answer")
+        elif not self.connected and silent < self.lost_after_seconds:
+            self.connected = True
+            self.metrics.broker_connected.set(1)
+            LOGGER.warning("broker regained: %s answers again after %.1f s without an answer", self.servers,
+                           time.monotonic() - silent - self._lost_at)
+        return self.connected
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_seconds):
+            self.check_now()
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -91,7 +193,46 @@ def use_json_logs() -> None:
         handler.setFormatter(JsonLogFormatter())
 
 
+class KafkaLogMemory(logging.Handler):
+    """Keeps kafka-python's last error (or, before any, its last warning) instead of writing it."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.last_error = ""
+        self.last_warning = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Remembers the message without its ``<KafkaConnection ...>:`` prefix (not the bootstrap timeout itself,
+        which heartwatch reports with the cause remembered before it)."""
+        if record.name.startswith(IGNORED_KAFKA_LOGGERS):
+            return
+        message = re.sub(r"^<[^>]*>:\s*", "", record.getMessage())[:PROBLEM_LENGTH]
+        if "Unable to bootstrap" in message:
+            return
+        if record.levelno >= logging.ERROR:
+            self.last_error = message
+        else:
+            self.last_warning = message
+
+    def problem(self) -> str:
+        """The last error, else the last warning, else an empty string."""
+        return self.last_error or self.last_warning
+
+
+KAFKA_LOG_MEMORY = KafkaLogMemory()
+
+
+def kafka_problem() -> str:
+    """kafka-python's last complaint since ``quiet_kafka_logs`` (empty when none, or when its lines are shown)."""
+    return KAFKA_LOG_MEMORY.problem()
+
+
 def quiet_kafka_logs() -> None:
-    """kafka-python logs every connection at INFO; keep its WARNING and above unless the root logs DEBUG."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+    """Keeps kafka-python's lines out of the log (remembering the last problem) unless the root logs DEBUG."""
+    kafka_logger = logging.getLogger("kafka")
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    kafka_logger.setLevel(logging.WARNING)
+    kafka_logger.propagate = False
+    if KAFKA_LOG_MEMORY not in kafka_logger.handlers:
+        kafka_logger.addHandler(KAFKA_LOG_MEMORY)
