@@ -16,12 +16,15 @@ retries of failed requests come sooner.
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.metrics.measurable_stat import AbstractMeasurableStat
+from kafka.net.transport import KafkaSSLTransport
 
 from streaming.config import KafkaSettings, check_kafka_options, client_options
 from streaming.monitoring import kafka_problem
@@ -29,6 +32,8 @@ from streaming.monitoring import kafka_problem
 LOGGER = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_MAX_MS = 1000
+TLS_PROBE_TIMEOUT_SECONDS = 10.0
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 KNOWN_KEYS = {
     "consumer": set(KafkaConsumer.DEFAULT_CONFIG),
@@ -98,8 +103,46 @@ def make_admin(settings: KafkaSettings) -> KafkaAdminClient:
     return _connect(KafkaAdminClient, settings, _options(settings, "admin", {}, {}))
 
 
+def check_tls(options: dict, timeout_seconds: float = TLS_PROBE_TIMEOUT_SECONDS) -> None:
+    """With ``security_protocol`` SSL or SASL_SSL, one TLS handshake with the first bootstrap server that accepts
+    a connection, using the context kafka-python builds from the same ``ssl_*`` options.
+
+    kafka-python only says "Unable to bootstrap" after its timeout when the broker's certificate is refused;
+    this raises ValueError at once with the server, the reason and the option to fix. Unreachable servers
+    are left to the clients' own bootstrap error.
+    """
+    if str(options.get("security_protocol", "PLAINTEXT")).upper() not in TLS_PROTOCOLS:
+        return
+    tls_options = {key: options[key] for key in KafkaSSLTransport.DEFAULT_CONFIG if key in options}
+    try:
+        context = KafkaSSLTransport._build_ssl_context({**KafkaSSLTransport.DEFAULT_CONFIG, **tls_options})
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"--kafka_option ssl_*: cannot load the TLS files: {error}") from None
+    cafile = options.get("ssl_cafile") or "(the system CAs)"
+    for server in options["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        try:
+            connection = socket.create_connection((host, int(port)), timeout=timeout_seconds)
+        except (OSError, ValueError):
+            continue
+        with connection:
+            try:
+                with context.wrap_socket(connection, server_hostname=host):
+                    return
+            except ssl.SSLCertVerificationError as error:
+                raise ValueError(f"TLS handshake with {server} failed, its certificate was refused "
+                                 f"({error.verify_message}): check --kafka_option ssl_cafile={cafile} "
+                                 f"(the CA that signed the broker's certificate) and the host name") from None
+            except (ssl.SSLError, OSError) as error:
+                raise ValueError(f"TLS handshake with {server} failed ({error}): is it a TLS listener? "
+                                 "check --kafka_option security_protocol") from None
+
+
+
 def check_reachable(settings: KafkaSettings) -> None:
-    """Raises BrokerUnreachableError unless the cluster answers within ``settings.connect_timeout_seconds``."""
+    """Raises BrokerUnreachableError unless the cluster answers within ``settings.connect_timeout_seconds``;
+    ValueError naming the CA option when TLS is asked for and the broker's certificate is refused."""
+    check_tls(_options(settings, "admin", {}, {}), timeout_seconds=settings.connect_timeout_seconds)
     make_admin(settings).close()
 
 
