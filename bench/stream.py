@@ -67,7 +67,8 @@ from streaming.topics import DEFAULT_PARTITIONS  # noqa: E402
 LOAD_LINGER_MS = 20
 TICK_SECONDS = 0.001
 GROUP_FLAGS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 750, "max_poll_interval_ms": 10000}
-ENVIRONMENT = dict(os.environ, PYTHONPATH=REPOSITORY, TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
+ENVIRONMENT = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])),
+                   TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
 CASES = ("ceiling", "floor", "events-low", "events-all", "scores-low", "scores-all", "two-all", "latency", "model")
 LOW_ANOMALY_RATE = 0.05
 LOAD_BEATS = 20000
@@ -514,9 +515,10 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
                                           arguments.latency_rate, arguments)
         return results
     topic = f"bench-in-{int(time.time())}"
-    print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
-          f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
-    preload(settings, topic, count, arguments.encoding)
+    if any(case in cases for case in CASES[:7]):
+        print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
+              f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
+        preload(settings, topic, count, arguments.encoding)
     if "ceiling" in cases:
         results["ceiling"] = throughput(settings, topic, "ceiling", lambda group: [
             start_role(settings, "ceiling", topic, group)], count)
@@ -555,10 +557,10 @@ def main(argv=None) -> None:
         roles[arguments.role](arguments)
         return
     broker = None
-    if not arguments.bootstrap_servers:
+    if not arguments.bootstrap_servers and arguments.cases != "model":
         broker = LocalBroker().start()
         arguments.bootstrap_servers = broker.bootstrap_servers
-    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
+    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers) if arguments.bootstrap_servers else None
     workspace = tempfile.mkdtemp(prefix="heartwatch-bench-")
     try:
         results = run_cases(settings, arguments, arguments.cases.split(","), workspace)
