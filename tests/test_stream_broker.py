@@ -242,7 +242,8 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, exported_det
         try:
             coordinates = upfront + background.join()
             dead_expected = {coordinates[index] for index in bad_indices}
-            outcomes, _, _ = read_outcomes(kafka_broker, names, len(coordinates))
+            # the restarted process has to start first (import TensorFlow, load the detector, join)
+            outcomes, _, _ = read_outcomes(kafka_broker, names, len(coordinates), timeout_seconds=STARTUP_SECONDS)
             assert second.terminate() == 0, second.log()[-2000:]
         finally:
             second.close()
