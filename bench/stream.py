@@ -8,7 +8,7 @@ On one broker (the embedded tansu unless ``--bootstrap_servers``) and the same p
 (b) floor     the tutorial-style loop: per message json.loads, ``model.predict`` on one beat
               (Keras wrapping the exported SavedModel), produce an event when anomalous, commit
 (c) stream    `heartwatch stream` (events only), and again with ``--scores_topic`` (one output per
-              message, like (a))
+              message, like (a)); each at two anomaly rates of the load: about 5 % and 100 %
 
 Throughput is read from outside through the group's committed offsets (first commit to last), so
 start-up and group joins do not count. Then two `heartwatch stream` processes share one group, and
@@ -17,17 +17,31 @@ measured at half of (c)'s rate, beside the transport alone (load generator -> br
 the same rate. The load generator and the reader stand in for other machines, so they use
 librdkafka (confluent-kafka, the ``bench`` extra), which takes a fraction of kafka-python's CPU on
 the shared cores. Finally the device TensorFlow uses and a model-only scoring throughput (plain
-graph and XLA). Prints one table with ratios.
+graph and XLA) at each of ``--model_batches``. Prints one table with ratios, the load average beside
+every figure, and the bars of issue 13.
+
+The anomaly rate of the load is set, not hoped for: from the given (or trained) detector the bench
+exports two copies that differ only in their threshold, one at the 95th percentile of the load's
+anomaly scores (about 5 % flagged: ``low``) and one below every score (every beat flagged, one event
+per input like (a)'s one record per input: ``all``). The rate each copy really flags on the load is
+measured and printed. Latency runs with the ``all`` copy by default (``--latency_anomalies``).
 
     .venv/bin/pip install -e ".[broker,bench]"
     .venv/bin/python bench/stream.py                      # trains a small detector first (~30 s)
-    .venv/bin/python bench/stream.py --model_dir artifacts/ecg --messages 60000
+    .venv/bin/python bench/stream.py --quick              # shorter runs (fewer messages, one latency run)
+    .venv/bin/python bench/stream.py --cases ceiling,events-all --messages 30000   # a selection
     .venv/bin/python bench/stream.py --model_dir artifacts/ecg --latency_rate 7000   # latency only
+    .venv/bin/python bench/stream.py --cases ceiling,events-all --profile_dir /tmp/profiles   # py-spy each stream
+
+Cases (``--cases``, default all): ``ceiling``, ``floor``, ``events-low``, ``events-all``, ``scores-low``,
+``scores-all``, ``two-all`` (two processes, one group), ``latency``, ``model``.
 """
 
 import argparse
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,7 +56,7 @@ sys.path.insert(0, REPOSITORY)
 
 from kafka import TopicPartition  # noqa: E402
 
-from models.common import files  # noqa: E402
+from models.common import artifacts, files  # noqa: E402
 from models.ecg.sources import DatasetSpec, load_dataset  # noqa: E402
 from streaming import codec  # noqa: E402
 from streaming.broker import LocalBroker  # noqa: E402
@@ -53,7 +67,12 @@ from streaming.topics import DEFAULT_PARTITIONS  # noqa: E402
 LOAD_LINGER_MS = 20
 TICK_SECONDS = 0.001
 GROUP_FLAGS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 750, "max_poll_interval_ms": 10000}
-ENVIRONMENT = dict(os.environ, PYTHONPATH=REPOSITORY, TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
+ENVIRONMENT = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])),
+                   TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
+CASES = ("ceiling", "floor", "events-low", "events-all", "scores-low", "scores-all", "two-all", "latency", "model")
+LOW_ANOMALY_RATE = 0.05
+LOAD_BEATS = 20000
+QUICK = {"messages": 20000, "floor_seconds": 5.0, "latency_seconds": 8.0, "latency_runs": 1, "model_seconds": 1.0}
 
 
 def parse_arguments(argv=None):
@@ -71,12 +90,35 @@ def parse_arguments(argv=None):
     parser.add_argument("--batch_timeout_ms", type=int, default=10)
     parser.add_argument("--latency_rate", type=float, default=0.0,
                         help="only measure latency, at this rate (default: all runs, latency at half of (c))")
+    parser.add_argument("--latency_anomalies", choices=("low", "all"), default="all",
+                        help="anomaly rate of the latency runs' detector (half of that case's events-only rate)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated selection of {', '.join(CASES)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs: " + ", ".join(f"{key} {value}" for key, value in QUICK.items()))
+    parser.add_argument("--model_batches", default="1024", help="comma-separated batch sizes of the model-only case")
+    parser.add_argument("--model_seconds", type=float, default=3.0, help="how long each model-only measurement runs")
+    parser.add_argument("--stream_args", default="", help="extra flags for every `heartwatch stream` process "
+                        "(one string, e.g. \"--kafka_option producer.linger_ms=10\")")
+    parser.add_argument("--profile_dir", default="", help="py-spy (on PATH) records each stream process here")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--topic", default="", help=argparse.SUPPRESS)
     parser.add_argument("--group", default="", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    unknown = sorted(set(arguments.cases.split(",")) - set(CASES))
+    if unknown:
+        parser.error(f"unknown --cases {unknown}; choose from {', '.join(CASES)}")
+    if arguments.quick:
+        for key, value in QUICK.items():
+            if getattr(arguments, key) == parser.get_default(key):
+                setattr(arguments, key, value)
+    return arguments
+
+
+def load_average() -> str:
+    """The 1-minute load average, as `uptime` prints it (figures on shared cores need it beside them)."""
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def synthetic_beats(count: int, seed: int, anomaly_fraction: float):
@@ -91,10 +133,52 @@ def encode(index: int, beat, ts: float, encoding: str) -> bytes:
     return encoder(str(index), f"device-{index % 50:03d}", ts, beat)
 
 
+def load_beats(count: int) -> np.ndarray:
+    """The beats of the pre-loaded messages, in message order (message ``i`` carries beat ``i % 20000``)."""
+    beats, _ = synthetic_beats(min(count, LOAD_BEATS), seed=7, anomaly_fraction=LOW_ANOMALY_RATE)
+    return beats[np.arange(count) % len(beats)]
+
+
+def detector_at_rate(model_dir: str, beats: np.ndarray, rate: float, root: str) -> dict:
+    """A copy of the detector that flags ``rate`` of ``beats`` (1.0: every one), under the model root ``root``.
+
+    Only the threshold differs: the 1 - ``rate`` quantile of the beats' anomaly scores, or half of
+    the lowest score for 1.0. Returns its directory, threshold and the fraction it really flags.
+    """
+    import tensorflow as tf
+
+    from models.detection.detector import (
+        SAVED_MODEL_DIRECTORY,
+        SIGNATURE_NAME,
+        artifact_root,
+        load_detector,
+        resolve_version_directory,
+    )
+
+    source = resolve_version_directory(model_dir)
+    detector = load_detector(source)
+    scores = detector.score(beats, batch_size=4096)["anomaly_score"].astype(np.float64)
+    if rate >= 1.0:
+        threshold = max(float(scores.min()) / 2, float(np.finfo(np.float32).tiny))
+    else:
+        threshold = float(np.quantile(scores, 1.0 - rate))
+    loaded = tf.saved_model.load(files.join(source, SAVED_MODEL_DIRECTORY))
+    loaded.threshold.assign(threshold)
+    versions = artifact_root(root)
+    staging = versions.staging_directory()
+    tf.saved_model.save(loaded, files.join(staging, SAVED_MODEL_DIRECTORY),
+                        signatures={SIGNATURE_NAME: loaded.signatures[SIGNATURE_NAME]})
+    card = dict(artifacts.read_card(source))
+    card["threshold"] = {"value": threshold, "method": f"bench: flags {rate:.0%} of the bench load"}
+    directory = versions.publish(staging, card)[1]
+    flagged = load_detector(directory).score(beats, batch_size=4096)["is_anomaly"]
+    return {"directory": directory, "threshold": threshold, "rate": float(np.mean(flagged))}
+
+
 def preload(settings, topic: str, count: int, encoding: str) -> None:
-    """Writes ``count`` messages (5 % anomalies) to ``topic``."""
+    """Writes ``count`` messages (the beats of ``load_beats``) to ``topic``."""
     ensure_topics(settings, {topic: DEFAULT_PARTITIONS})
-    beats, _ = synthetic_beats(min(count, 20000), seed=7, anomaly_fraction=0.05)
+    beats, _ = synthetic_beats(min(count, LOAD_BEATS), seed=7, anomaly_fraction=LOW_ANOMALY_RATE)
     content_type = [(codec.CONTENT_TYPE_HEADER, codec.content_type_for(encoding).encode())]
     producer = make_producer(settings, linger_ms=20)
     now = time.time()
@@ -146,8 +230,21 @@ def start_stream(settings, model_dir: str, topic: str, group: str, arguments, *e
                "--model_poll_seconds", "0", "--batch_size", str(arguments.batch_size), "--batch_timeout_ms",
                str(arguments.batch_timeout_ms), "--session_timeout_ms", "3000", "--max_poll_interval_ms", "10000",
                "--events_topic", f"{group}-events", "--dead_letter_topic", f"{group}-dead", "--alerts_topic", "",
-               "--log_format", "text", *extra]
-    return subprocess.Popen(command, cwd=REPOSITORY, env=ENVIRONMENT)
+               "--log_format", "text", *shlex.split(arguments.stream_args), *extra]
+    process = subprocess.Popen(command, cwd=REPOSITORY, env=ENVIRONMENT)
+    if arguments.profile_dir:
+        profile(process, files.join(arguments.profile_dir, f"{group}-{process.pid}.txt"))
+    return process
+
+
+def profile(process: subprocess.Popen, path: str) -> None:
+    """py-spy records ``process`` (every thread, without pausing it) into ``path`` (collapsed stacks) until it exits."""
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile_dir needs py-spy on PATH (pip install py-spy)")
+    files.make_directories(files.dirname(path))
+    subprocess.Popen([py_spy, "record", "--pid", str(process.pid), "--nonblocking", "--threads", "--rate", "200",
+                      "--format", "raw", "--output", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_role(settings, role: str, topic: str, group: str, *extra: str) -> subprocess.Popen:
@@ -366,23 +463,22 @@ def measure_latency(settings, model_dir: str, rate: float, arguments) -> dict:
                                       for _, event in events])}
 
 
-def model_only(model_dir: str) -> dict:
-    """Device and scoring throughput of the detector alone (1024-beat batches), plain and XLA."""
+def model_only(model_dir: str, batch_sizes: list, seconds: float) -> dict:
+    """Device and scoring throughput of the detector alone at each batch size, plain graph and XLA."""
     from models.detection.detector import load_detector
 
-    beats, _ = synthetic_beats(4096, seed=5, anomaly_fraction=0.05)
-    results = {}
+    beats, _ = synthetic_beats(max(batch_sizes), seed=5, anomaly_fraction=LOW_ANOMALY_RATE)
+    results = {"rates": {}, "load": load_average()}
     for mode in ("off", "on"):
         detector = load_detector(model_dir, mode)
-        batches = [beats[start:start + 1024] for start in range(0, len(beats), 1024)]
-        for batch in batches:
-            detector.score(batch)
-        started, scored = time.perf_counter(), 0
-        while time.perf_counter() - started < 3.0:
-            for batch in batches:
-                scored += len(detector.score(batch)["anomaly_score"])
-        results[f"xla_{mode}"] = scored / (time.perf_counter() - started)
         results["device"] = detector.device
+        for batch_size in batch_sizes:
+            batch = beats[:batch_size]
+            detector.score(batch)
+            started, scored = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                scored += len(detector.score(batch)["anomaly_score"])
+            results["rates"][(batch_size, mode)] = scored / (time.perf_counter() - started)
     return results
 
 
@@ -400,53 +496,82 @@ def throughput(settings, topic: str, label: str, processes_factory, target: int,
     group = f"bench-{label}-{int(time.time() * 1000) % 10**8}"
     processes = processes_factory(group)
     try:
-        return measure_group(settings, topic, group, target, timeout, processes)
+        return {**measure_group(settings, topic, group, target, timeout, processes), "load": load_average()}
     finally:
         stop(processes)
 
 
+def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
+    """Runs the selected throughput, latency and model-only cases on one broker; returns their results."""
+    model_dir = arguments.model_dir or train_detector(files.join(workspace, "model"))
+    count = arguments.messages
+    results = {"load_start": load_average()}
+    if any(case in cases for case in CASES[2:8]):
+        beats = load_beats(count)
+        results["detectors"] = {name: detector_at_rate(model_dir, beats, rate, files.join(workspace, name))
+                                for name, rate in (("low", LOW_ANOMALY_RATE), ("all", 1.0))}
+    if arguments.latency_rate:
+        results["latency"] = latency_runs(settings, results["detectors"][arguments.latency_anomalies]["directory"],
+                                          arguments.latency_rate, arguments)
+        return results
+    topic = f"bench-in-{int(time.time())}"
+    if any(case in cases for case in CASES[:7]):
+        print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
+              f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
+        preload(settings, topic, count, arguments.encoding)
+    if "ceiling" in cases:
+        results["ceiling"] = throughput(settings, topic, "ceiling", lambda group: [
+            start_role(settings, "ceiling", topic, group)], count)
+    if "floor" in cases:
+        results["floor"] = throughput(settings, topic, "floor", lambda group: [
+            start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)
+    for case in ("events-low", "events-all", "scores-low", "scores-all", "two-all"):
+        if case not in cases:
+            continue
+        kind, anomalies = case.split("-")
+        directory = results["detectors"][anomalies]["directory"]
+
+        def processes(group, kind=kind, directory=directory):
+            extra = ("--scores_topic", f"{group}-scores") if kind == "scores" else ()
+            return [start_stream(settings, directory, topic, group, arguments, *extra)
+                    for _ in range(2 if kind == "two" else 1)]
+        results[case] = throughput(settings, topic, f"stream-{case}", processes, count)
+    if "latency" in cases:
+        basis = f"events-{arguments.latency_anomalies}"
+        rate = results[basis]["rate"] / 2 if basis in results else 0.0
+        if rate:
+            results["latency"] = latency_runs(
+                settings, results["detectors"][arguments.latency_anomalies]["directory"], rate, arguments)
+    if "model" in cases:
+        results["model"] = model_only(model_dir, [int(size) for size in arguments.model_batches.split(",")],
+                                      arguments.model_seconds)
+    results["load_end"] = load_average()
+    return results
+
+
 def main(argv=None) -> None:
-    """Runs every variant and prints the table."""
+    """Runs the selected cases and prints the table."""
     arguments = parse_arguments(argv)
     roles = {"ceiling": ceiling_loop, "floor": floor_loop, "producer": producer_loop}
     if arguments.role in roles:
         roles[arguments.role](arguments)
         return
     broker = None
-    if not arguments.bootstrap_servers:
+    if not arguments.bootstrap_servers and arguments.cases != "model":
         broker = LocalBroker().start()
         arguments.bootstrap_servers = broker.bootstrap_servers
-    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
+    settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers) if arguments.bootstrap_servers else None
     workspace = tempfile.mkdtemp(prefix="heartwatch-bench-")
     try:
-        model_dir = arguments.model_dir or train_detector(files.join(workspace, "model"))
+        results = run_cases(settings, arguments, arguments.cases.split(","), workspace)
         if arguments.latency_rate:
-            print_latency(latency_runs(settings, model_dir, arguments.latency_rate, arguments), "--latency_rate")
-            return
-        topic = f"bench-in-{int(time.time())}"
-        count = arguments.messages
-        print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
-              f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
-        preload(settings, topic, count, arguments.encoding)
-        results = {}
-        results["a"] = throughput(settings, topic, "ceiling", lambda group: [
-            start_role(settings, "ceiling", topic, group)], count)
-        results["b"] = throughput(settings, topic, "floor", lambda group: [
-            start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)
-        results["c"] = throughput(settings, topic, "stream", lambda group: [
-            start_stream(settings, model_dir, topic, group, arguments)], count)
-        results["c_scores"] = throughput(settings, topic, "stream-scores", lambda group: [
-            start_stream(settings, model_dir, topic, group, arguments, "--scores_topic", f"{group}-scores")], count)
-        results["c_two"] = throughput(settings, topic, "stream-two", lambda group: [
-            start_stream(settings, model_dir, topic, group, arguments),
-            start_stream(settings, model_dir, topic, group, arguments)], count)
-        rate = results["c"]["rate"] / 2
-        results["latency"] = latency_runs(settings, model_dir, rate, arguments)
-        results["model"] = model_only(model_dir)
-        print_table(results, arguments)
+            print_latency(results["latency"], f"--latency_rate, {arguments.latency_anomalies} anomalies")
+        else:
+            print_table(results, arguments)
     finally:
         if broker is not None:
             broker.stop()
+        files.remove(workspace)
 
 
 def print_latency(runs: list, label: str) -> None:
@@ -471,25 +596,55 @@ def print_latency(runs: list, label: str) -> None:
           f"p50 {median('stream', 'p50'):.0f} ms, p99 {median('stream', 'p99'):.0f} ms (p99 by run: {stream_p99s})")
 
 
+ROWS = (("ceiling", "(a) ceiling: bare consume+decode+produce+commit"),
+        ("floor", "(b) floor: tutorial loop, model.predict per message"),
+        ("events-low", "(c) stream, events only, low anomaly rate"),
+        ("events-all", "(c) stream, events only, every beat anomalous"),
+        ("scores-low", "(c) stream + scores topic, low anomaly rate"),
+        ("scores-all", "(c) stream + scores topic, every beat anomalous"),
+        ("two-all", "(c) stream, 2 processes, one group, every beat"))
+BARS = (("events-all", 0.75), ("events-low", 1.10), ("scores-low", 0.75), ("scores-all", 0.75))
+
+
 def print_table(results: dict, arguments) -> None:
-    """The side-by-side figures."""
-    ceiling = results["a"]["rate"] or float("nan")
-    rows = [("(a) ceiling: bare consume+decode+produce+commit", results["a"]),
-            ("(b) floor: tutorial loop, model.predict per message", results["b"]),
-            ("(c) heartwatch stream, 1 process (events only)", results["c"]),
-            ("(c) heartwatch stream, 1 process, + scores topic", results["c_scores"]),
-            ("(c) heartwatch stream, 2 processes, one group", results["c_two"])]
+    """The side-by-side figures, the load average beside each, and the bars."""
+    ceiling = results.get("ceiling", {}).get("rate") or float("nan")
     print(f"\nheartwatch stream benchmark: {arguments.messages:,} {arguments.encoding} messages, "
-          f"batch {arguments.batch_size} / {arguments.batch_timeout_ms} ms, {os.cpu_count()} cores")
-    print(f"{'variant':<55} {'beats/s':>10} {'vs (a)':>8}")
-    for label, result in rows:
-        print(f"{label:<55} {result['rate']:>10,.0f} {result['rate'] / ceiling:>8.1%}")
-    one, two = results["c"]["rate"], results["c_two"]["rate"]
-    print(f"2 processes vs 1: {two / one if one else float('nan'):.2f}x")
-    print_latency(results["latency"], "half of (c)")
-    model = results["model"]
-    print(f"model-only scoring on {model['device']} (1024-beat batches): {model['xla_off']:,.0f} beats/s plain graph, "
-          f"{model['xla_on']:,.0f} beats/s XLA")
+          f"batch {arguments.batch_size} / {arguments.batch_timeout_ms} ms, {os.cpu_count()} cores, "
+          f"load average {results['load_start']} at the start, {results['load_end']} at the end")
+    for name, detector in results.get("detectors", {}).items():
+        print(f"  detector '{name}': threshold {detector['threshold']:.6g}, flags {detector['rate']:.1%} of the load")
+    print(f"{'variant':<55} {'anomalies':>9} {'beats/s':>10} {'vs (a)':>8} {'load':>6}")
+    for case, label in ROWS:
+        if case not in results:
+            continue
+        result = results[case]
+        detector = results.get("detectors", {}).get(case.rsplit("-", 1)[-1])
+        anomalies = f"{detector['rate']:.0%}" if detector else ""
+        print(f"{label:<55} {anomalies:>9} {result['rate']:>10,.0f} {result['rate'] / ceiling:>8.1%} "
+              f"{result['load']:>6}")
+    for case, bar in BARS:
+        if case in results:
+            ratio = results[case]["rate"] / ceiling
+            print(f"bar: {case} >= {bar:.0%} of (a): {ratio:.1%} {'PASS' if ratio >= bar else 'FAIL'}")
+    if "two-all" in results and "events-all" in results and results["events-all"]["rate"]:
+        ratio = results["two-all"]["rate"] / results["events-all"]["rate"]
+        print(f"bar: 2 processes >= 1.6x one (every beat anomalous): {ratio:.2f}x {'PASS' if ratio >= 1.6 else 'FAIL'}")
+    if "latency" in results:
+        print_latency(results["latency"], f"half of events-{arguments.latency_anomalies}")
+        p99 = float(np.median([run["stream"].get("p99", np.nan) for run in results["latency"]]))
+        print(f"bar: p99 end-to-end <= 150 ms at half rate (median of runs): {p99:.0f} ms "
+              f"{'PASS' if p99 <= 150 else 'FAIL'}")
+    if "model" in results:
+        print_model(results["model"])
+
+
+def print_model(model: dict) -> None:
+    """The model-only lines: beats/s per batch size, plain graph and XLA."""
+    print(f"model-only scoring on {model['device']} (load {model['load']}):")
+    for batch_size in sorted({size for size, _ in model["rates"]}):
+        print(f"  batch {batch_size:>6}: {model['rates'][(batch_size, 'off')]:>12,.0f} beats/s plain graph, "
+              f"{model['rates'][(batch_size, 'on')]:>12,.0f} beats/s XLA")
     if model["device"] != "GPU":
         print("GPU: not measured (no GPU visible to TensorFlow on this machine)")
 

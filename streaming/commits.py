@@ -31,10 +31,23 @@ class DeliveryError(RuntimeError):
 
 @dataclasses.dataclass
 class InFlightBatch:
-    """A processed batch whose output the broker has not acknowledged yet: its offsets wait."""
+    """A processed batch whose output the broker has not acknowledged yet: its offsets wait.
+
+    ``done`` counts the leading futures already seen complete, so each future is looked at until it
+    completes and never again (the loop asks after every poll).
+    """
 
     offsets: dict
     futures: list
+    done: int = 0
+
+    def is_done(self) -> bool:
+        """True once every future of the batch completed (successfully or not)."""
+        futures, done = self.futures, self.done
+        while done < len(futures) and futures[done].is_done:
+            done += 1
+        self.done = done
+        return done == len(futures)
 
 
 def offsets_to_commit(records) -> dict:
@@ -84,7 +97,7 @@ class CommitTracker:
         if wait and self.in_flight:
             self.producer.flush(timeout=self.send_timeout_seconds)
         offsets = {}
-        while self.in_flight and all(future.is_done for future in self.in_flight[0].futures):
+        while self.in_flight and self.in_flight[0].is_done():
             batch = self.in_flight[0]
             failures = [future.exception for future in batch.futures if future.failed()]
             if failures:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import typing
 
 import numpy as np
 
@@ -48,9 +49,8 @@ class DeadLetterError(RuntimeError):
     """The dead letter of a message cannot be built: the stream must stop without committing that batch."""
 
 
-@dataclasses.dataclass(frozen=True)
-class OutputRecord:
-    """One record to send: topic, key, value and headers."""
+class OutputRecord(typing.NamedTuple):
+    """One record to send: topic, key, value and headers (a named tuple: one is built per output record)."""
 
     topic: str
     key: bytes | None
@@ -149,28 +149,31 @@ class BatchHandler:
         anomaly_scores, errors = scores["anomaly_score"].tolist(), scores["reconstruction_error"].tolist()
         thresholds, is_anomaly = np.asarray(thresholds).tolist(), np.asarray(is_anomaly).tolist()
         output.scored = len(records)
+        scores_topic, events_topic, dumps = config.scores_topic, config.events_topic, codec.dumps
+        model_version, processor, append = detector.version, self.processor_id, output.records.append
         for index in emitted:
-            record, device_id = records[index], device_ids[index]
+            record, device_id, flagged = records[index], device_ids[index], is_anomaly[index]
             score = events.score_record(
                 heartbeat_id=decoded.ids[index], device_id=device_id, anomaly_score=anomaly_scores[index],
                 error=errors[index], threshold=thresholds[index], threshold_kind=kinds[index],
-                is_anomaly=is_anomaly[index], model_version=detector.version, topic=record.topic,
+                is_anomaly=flagged, model_version=model_version, topic=record.topic,
                 partition=record.partition, offset=record.offset, event_time=decoded.timestamps[index],
-                detection_time=detection_time, processor=self.processor_id,
-                label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER)))
+                detection_time=detection_time, processor=processor,
+                label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER))
+                if record.headers else None)
             try:  # every record of the message is encoded before any is kept: one outcome per message
                 key = device_id.encode()
-                score_value = codec.dumps(score) if config.scores_topic else None
-                event = events.anomaly_event(score, segments[index]) if is_anomaly[index] else None
-                event_value = codec.dumps(event) if event is not None else None
+                score_value = dumps(score) if scores_topic else None
+                event = events.anomaly_event(score, segments[index]) if flagged else None
+                event_value = dumps(event) if flagged else None
             except (TypeError, ValueError) as error:  # orjson.JSONEncodeError is a TypeError
                 output.scored -= 1
                 self._add_dead_letter(output, record, f"unencodable output: {error}")
                 continue
-            if score_value is not None:
-                output.records.append(OutputRecord(config.scores_topic, key, score_value))
-            if event is not None:
-                output.records.append(OutputRecord(config.events_topic, key, event_value))
+            if scores_topic:
+                append(OutputRecord(scores_topic, key, score_value))
+            if flagged:
+                append(OutputRecord(events_topic, key, event_value))
                 output.anomalies += 1
                 self._alert_if_burst(event, output)
 

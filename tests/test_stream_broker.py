@@ -5,6 +5,7 @@ offset must end up scored (scores topic) or dead-lettered, never both, and dupli
 from the window after the last commit.
 """
 
+import collections
 import os
 import threading
 import time
@@ -35,6 +36,9 @@ from tests.streaming_fixtures import (
 from tests.test_stream_units import MALFORMED
 
 PARTITIONS = 4
+# How long a stream process may take to start (import TensorFlow, load the detector, join): about 10 s on
+# quiet cores, over 2 minutes when eight agents share two cores. Only an upper bound: waits return at once.
+STARTUP_SECONDS = 300
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +62,29 @@ def stream_flags(names: dict, model_dir: str, *extra: str) -> list:
 
 def ecg_messages(dataset, count: int, start: int = 0) -> list:
     """``count`` JSON messages cycling through the real beats (labels in headers)."""
-    return [replay.build_message(dataset, index % len(dataset), index // len(dataset), index, 10, "json", time.time())
-            for index in range(start, start + count)]
+    return list(ecg_message_stream(dataset, count, start))
+
+
+def ecg_message_stream(dataset, count: int, start: int = 0):
+    """``ecg_messages`` built one at a time (for a load that may stop long before ``count``)."""
+    for index in range(start, start + count):
+        yield replay.build_message(dataset, index % len(dataset), index // len(dataset), index, 10, "json", time.time())
 
 
 class BackgroundProducer:
-    """Sends messages at a steady rate from a thread and remembers where each landed."""
+    """Sends messages at a steady rate from a thread (until they run out or ``stop``) and remembers where each
+    landed."""
 
-    def __init__(self, broker, topic: str, messages: list, rate: float):
+    def __init__(self, broker, topic: str, messages, rate: float):
         self.broker, self.topic, self.messages, self.rate = broker, topic, messages, rate
         self.coordinates: list = []
+        self._stopping = threading.Event()
         self.thread = threading.Thread(target=self._send, daemon=True)
         self.thread.start()
+
+    def stop(self) -> None:
+        """Sends no further message (``join`` then returns where the sent ones landed)."""
+        self._stopping.set()
 
     def _send(self):
         producer = make_producer(settings_for(self.broker), linger_ms=2)
@@ -77,8 +92,8 @@ class BackgroundProducer:
         started = time.monotonic()
         for index, (key, value, headers) in enumerate(self.messages):
             delay = started + index / self.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if self._stopping.wait(delay) if delay > 0 else self._stopping.is_set():
+                break
             futures.append(producer.send(self.topic, key=key, value=value, headers=headers))
         producer.flush()
         self.coordinates = [(metadata.partition, metadata.offset) for metadata in (f.get(timeout=30) for f in futures)]
@@ -215,7 +230,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, exported_det
     first = StreamProcess(kafka_broker, tmp_path / "first.log", *flags)
     scores = TopicReader(kafka_broker, names["scores"])
     try:
-        wait_until(lambda: scores.poll(200) >= 150, 90, "first consumer scoring")
+        wait_until(lambda: scores.poll(200) >= 150, STARTUP_SECONDS, "first consumer scoring")
         upfront += produce(kafka_broker, names["input"], messages[200:1500])
         background = BackgroundProducer(kafka_broker, names["input"], messages[1500:], rate=700)
         wait_until(lambda: scores.poll(200) >= 1200, 90, "first consumer scored 1200 beats")
@@ -227,7 +242,8 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, exported_det
         try:
             coordinates = upfront + background.join()
             dead_expected = {coordinates[index] for index in bad_indices}
-            outcomes, _, _ = read_outcomes(kafka_broker, names, len(coordinates))
+            # the restarted process has to start first (import TensorFlow, load the detector, join)
+            outcomes, _, _ = read_outcomes(kafka_broker, names, len(coordinates), timeout_seconds=STARTUP_SECONDS)
             assert second.terminate() == 0, second.log()[-2000:]
         finally:
             second.close()
@@ -242,27 +258,42 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(kafka_broker, exported_det
 def test_two_consumers_rebalance_without_loss_or_duplicates(kafka_broker, exported_detector, ecg_dataset, tmp_path):
     names = topics("rebalance")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
-    messages = ecg_messages(ecg_dataset, 12000)
-    upfront = produce(kafka_broker, names["input"], messages[:100])
+    upfront = produce(kafka_broker, names["input"], ecg_messages(ecg_dataset, 100))
     flags = stream_flags(names, exported_detector.version_directory, "--batch_size", "100", "--batch_timeout_ms", "20")
     first = StreamProcess(kafka_broker, tmp_path / "first.log", *flags)
     scores = TopicReader(kafka_broker, names["scores"])
-    processors = lambda: {codec.loads(record.value)["processor"] for record in scores.records}  # noqa: E731
+
+    def scored_by_processor() -> collections.Counter:
+        scores.poll(200)
+        return collections.Counter(codec.loads(record.value)["processor"] for record in scores.records)
+
+    def rebalanced_and_both_scoring() -> bool:
+        # The first member took part in the new generation (assigned again after the revoke) and both scored,
+        # the first beyond the upfront messages.
+        counts = scored_by_processor()
+        return (first.log().count("partitions assigned: ['") >= 2 and len(counts) == 2
+                and counts[first_processor] > len(upfront))
+
     try:
-        wait_until(lambda: scores.poll(200) >= 100, 90, "first consumer scoring")
+        wait_until(lambda: scores.poll(200) >= len(upfront), STARTUP_SECONDS, "first consumer scoring")
+        (first_processor,) = scored_by_processor()
         second = StreamProcess(kafka_broker, tmp_path / "second.log", *flags)
         try:
-            # The load starts once the second process has loaded its detector and is about to join (TensorFlow's
-            # start-up can take longer than the whole load on busy cores), so it joins, and the group rebalances,
-            # mid-stream.
-            wait_until(lambda: f"group {names['group']} reading" in second.log(), 120, "second consumer started")
-            background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
-            wait_until(lambda: scores.poll(200) and len(processors()) == 2, 90, "both consumers scoring")
+            # The load starts once the second process has loaded its detector and is about to join, so it joins,
+            # and the group rebalances, mid-stream. It runs until both members scored after the rebalance (up to
+            # 200 s on busy cores; about 5 s on quiet ones), so a slow rebalance cannot end the load first.
+            wait_until(lambda: f"group {names['group']} reading" in second.log(), STARTUP_SECONDS,
+                       "second consumer started")
+            background = BackgroundProducer(kafka_broker, names["input"],
+                                            ecg_message_stream(ecg_dataset, 120000, len(upfront)), rate=600)
+            wait_until(rebalanced_and_both_scoring, 180, "both consumers scoring after the rebalance")
             assert background.thread.is_alive(), "the input ended before both consumers scored: not mid-stream"
-            assert "partitions revoked" in first.log()
+            assert "partitions revoked: ['" in first.log(), "the first consumer never gave up partitions"
+            assert "partitions assigned: ['" in second.log()
             assert first.terminate() == 0, first.log()[-2000:]
             before = len(scores.records)
             wait_until(lambda: scores.poll(200) > before + 300, 60, "second consumer took over")
+            background.stop()
             coordinates = upfront + background.join(180)
             outcomes, score_records, _ = read_outcomes(kafka_broker, names, len(coordinates))
             assert second.terminate() == 0, second.log()[-2000:]
@@ -291,7 +322,7 @@ def test_hot_swap_under_load_refuses_a_broken_version(kafka_broker, exported_det
     scores = TopicReader(kafka_broker, names["scores"])
     versions = lambda: {codec.loads(record.value)["model_version"] for record in scores.records}  # noqa: E731
     try:
-        wait_until(lambda: scores.poll(200) >= 100, 90, "stream scoring with version 1")
+        wait_until(lambda: scores.poll(200) >= 100, STARTUP_SECONDS, "stream scoring with version 1")
         background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=600)
         wait_until(lambda: scores.poll(200) >= 300, 30, "stream scoring under load")
         assert publish_copy(root, exported_detector.version_directory, broken=True) == 2
@@ -329,7 +360,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, exporte
                                          "--batch_timeout_ms", "200"))
     scores = TopicReader(kafka_broker, names["scores"])
     try:
-        wait_until(lambda: scores.poll(200) >= 100, 90, "stream scoring")
+        wait_until(lambda: scores.poll(200) >= 100, STARTUP_SECONDS, "stream scoring")
         background = BackgroundProducer(kafka_broker, names["input"], messages[100:], rate=800)
         wait_until(lambda: scores.poll(200) >= 1000, 30, "stream scoring under load")
         assert stream.terminate() == 0, stream.log()[-2000:]

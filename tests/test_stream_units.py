@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import struct
+import uuid
 
 import keras
 import numpy as np
@@ -147,6 +148,10 @@ def test_event_ids_are_deterministic_per_source_coordinates():
     assert events.event_id("in", 1, 5) == events.event_id("in", 1, 5)
     assert len({events.event_id("in", 1, 5), events.event_id("in", 1, 6), events.event_id("in", 2, 5),
                 events.event_id("other", 1, 5)}) == 4
+    for topic, partition, offset in (("in", 1, 5), ("tøpic", 0, 0), ("t" * 249, 1023, 2 ** 62)):
+        expected = uuid.uuid5(events.EVENT_NAMESPACE, f"{topic}/{partition}/{offset}")
+        assert events.event_id(topic, partition, offset) == str(expected)
+        assert uuid.UUID(events.event_id(topic, partition, offset)).version == 5
 
 
 def test_worst_segments_rank_segment_means_row_by_row():
