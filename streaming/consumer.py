@@ -50,6 +50,7 @@ from streaming.config import StreamConfig
 from streaming.handler import BatchHandler, BatchOutput, DeadLetterError
 from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import (
+    KeyPartitions,
     answer_clock,
     check_reachable,
     delivery_timeouts,
@@ -193,6 +194,7 @@ class StreamProcessor:
             heartbeat_interval_ms=max(100, config.session_timeout_ms // 4),
             max_poll_interval_ms=config.max_poll_interval_ms)
         self.commits = CommitTracker(self.consumer, self.producer, config.send_timeout_seconds)
+        self.partitions = KeyPartitions(self.producer)
         self._answers = answer_clock(self.consumer)
         if self._answers is not None:
             self.monitor = BrokerMonitor(self._answers.seconds_since_answer, config.broker_lost_seconds, self.metrics,
@@ -291,7 +293,10 @@ class StreamProcessor:
 
     def _send(self, output: BatchOutput) -> list:
         """Sends the batch's output records; returns their send futures. Alerts also go to the webhook."""
-        futures = [self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers)
+        counts = self.partitions.counts(record.topic for record in output.records)
+        futures = [self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers,
+                                      partition=self.partitions.partition(record.topic, record.key,
+                                                                          counts[record.topic]))
                    for record in output.records]
         if self.webhook is not None:
             for alert in output.alerts:
