@@ -21,6 +21,7 @@ import json
 from models.common.flags import field
 from models.detection import THRESHOLD_METHODS
 from models.ecg import DATASET_FORMATS
+from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
 from models.training.candidates import CANDIDATES
@@ -171,9 +172,7 @@ class DenoiseTrainConfig:
                       "TFRecords (shards; streamed, never loaded whole)", default="fashion_mnist")
     format: str = field(f"for paths: {', '.join(IMAGE_SET_FORMATS)}", default="auto")
     array_key: str | None = field(".npz array name", default=None, default_text="images, x")
-    MODELS = tuple(dict.fromkeys(DENOISER_MODELS + ("unet_denoiser",)))  # until models.family lists it
-
-    model: str = field(f"one of {', '.join(MODELS)}", default="unet_denoiser")
+    model: str = field(f"one of {', '.join(DENOISER_MODELS)}", default=DEFAULT_DENOISER)
     model_parameters: str = field('JSON config overrides, e.g. {"filters": 32} (unet_denoiser), {"depth": 9} (dncnn)',
                                   default="{}")
     noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
@@ -201,7 +200,7 @@ class DenoiseTrainConfig:
         """Checks every flag that needs no Keras (the fit settings are checked by ``deep_checks``)."""
         _check_text(self, "data", "output_dir")
         _check_choice(self, "format", IMAGE_SET_FORMATS)
-        _check_choice(self, "model", self.MODELS, noun="denoiser")
+        _check_choice(self, "model", DENOISER_MODELS, noun="denoiser")
         self.parameters()
         if not (0 < self.validation_fraction and 0 <= self.test_fraction
                 and self.validation_fraction + self.test_fraction < 1):

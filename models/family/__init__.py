@@ -2,5 +2,5 @@
 
 # Registry names of the image denoisers (``models.family.denoisers`` defines them).
 BASELINE_DENOISER = "denoise_tutorial"
-DEFAULT_DENOISER = "dncnn"
-DENOISERS = (BASELINE_DENOISER, DEFAULT_DENOISER)
+DEFAULT_DENOISER = "unet_denoiser"
+DENOISERS = (BASELINE_DENOISER, "dncnn", DEFAULT_DENOISER)
