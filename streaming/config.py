@@ -211,6 +211,10 @@ class StreamConfig(KafkaSettings):
                                         default=30.0)
     broker_lost_seconds: float = field("log 'broker lost' and report heartwatch_broker_connected 0 after this "
                                        "long without an answer from the broker", default=10.0)
+    drift_window: int = field("beats judged normal per drift-test window (0: no drift watch; docs/drift.md)",
+                              default=500)
+    drift_alpha: float = field("false-alarm probability of one drift test (two-sample Kolmogorov-Smirnov)",
+                               default=1e-4)
 
     def __post_init__(self):
         """Validates every flag once, before any connection is made."""
@@ -226,7 +230,9 @@ class StreamConfig(KafkaSettings):
                         "worst_segments", "segment_length", "alert_count", "alert_window_seconds",
                         "adaptive_min_beats", "adaptive_sigma", "session_timeout_ms", "max_poll_interval_ms",
                         "send_timeout_seconds", "broker_lost_seconds")
-        _check_non_negative(self, "model_poll_seconds", "metrics_port")
+        _check_non_negative(self, "model_poll_seconds", "metrics_port", "drift_window")
+        if not 0 < self.drift_alpha < 1:
+            raise ValueError(f"--drift_alpha must be between 0 and 1, got {self.drift_alpha}")
         _check_choice(self, "input_encoding", ("auto", "json", "binary"))
         _check_choice(self, "xla", ("auto", "on", "off"))
         _check_choice(self, "log_format", ("json", "text"))

@@ -47,6 +47,7 @@ from streaming import topics
 from streaming.alerts import WebhookSender
 from streaming.commits import CommitTracker, DeliveryError, log_failed_commit
 from streaming.config import StreamConfig
+from streaming.drift import DriftWatch
 from streaming.handler import BatchHandler, BatchOutput, DeadLetterError
 from streaming.hotswap import ModelWatcher
 from streaming.kafka_clients import (
@@ -124,7 +125,9 @@ class StreamProcessor:
         self.metrics = StreamMetrics()
         self.summary = StreamSummary(model_version=self.detector.version, device=self.detector.device)
         self.processor_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.handler = BatchHandler(config, self.processor_id)
+        drift_watch = (DriftWatch(self.metrics.registry, self.processor_id, window=config.drift_window,
+                                  alpha=config.drift_alpha) if config.drift_window else None)
+        self.handler = BatchHandler(config, self.processor_id, drift_watch)
         self._stop = threading.Event()
         self._pending: list = []
         self._batch_lock = threading.RLock()  # the revoke callback runs on kafka-python's IO thread

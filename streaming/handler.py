@@ -37,6 +37,7 @@ from models.detection.detector import Detector
 from streaming import codec, events
 from streaming.adaptive import GLOBAL_KIND, DeviceThresholds
 from streaming.alerts import BurstDetector
+from streaming.drift import drift_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class BatchOutput:
     dead_letters: list = dataclasses.field(default_factory=list)  # reason class of each dead letter
     alerts: list = dataclasses.field(default_factory=list)
     scoring_seconds: float = 0.0
+    scored_parts: list = dataclasses.field(default_factory=list)  # (input topics, detector outputs) per scoring
 
     def extend(self, other: BatchOutput) -> None:
         """Appends the records and counts of ``other`` (the output of a later part of the batch)."""
@@ -77,6 +79,7 @@ class BatchOutput:
         self.dead_letters += other.dead_letters
         self.alerts += other.alerts
         self.scoring_seconds += other.scoring_seconds
+        self.scored_parts += other.scored_parts
 
 
 def verdicts(scores: dict, device_ids, device_thresholds: DeviceThresholds | None) -> tuple:
@@ -89,9 +92,10 @@ def verdicts(scores: dict, device_ids, device_thresholds: DeviceThresholds | Non
 class BatchHandler:
     """Decodes, scores and turns one batch of consumer records into output records (see the module doc)."""
 
-    def __init__(self, config, processor_id: str):
+    def __init__(self, config, processor_id: str, drift_watch=None):
         self.config = config
         self.processor_id = processor_id
+        self.drift_watch = drift_watch  # a streaming.drift.DriftWatch, or None
         self.device_thresholds = (DeviceThresholds(config.adaptive_min_beats, config.adaptive_sigma)
                                   if config.adaptive_thresholds else None)
         self.bursts = BurstDetector(config.alert_count, config.alert_window_seconds)
@@ -107,7 +111,7 @@ class BatchHandler:
         Raises only ``DeadLetterError`` (a dead letter could not be built); see the module doc.
         """
         try:
-            return self._handle_batch(records, detector)
+            return self._watch_drift(self._handle_batch(records, detector), detector)
         except DeadLetterError:
             raise
         except Exception as error:  # isolate the message that caused it, whatever it was
@@ -121,6 +125,21 @@ class BatchHandler:
                 raise
             except Exception as error:  # this message alone raises: it becomes a dead letter
                 self._add_dead_letter(output, record, f"internal error: {type(error).__name__}: {error}")
+        return self._watch_drift(output, detector)
+
+    def _watch_drift(self, output: BatchOutput, detector: Detector) -> BatchOutput:
+        """Feeds the batch's scores to the drift watch once (after the batch, so a per-message rerun of a failed
+        batch is not counted twice); drift records go to the alerts topic. The watch can never fail a batch."""
+        if self.drift_watch is None or not output.scored_parts:
+            return output
+        try:
+            for topics, scores in output.scored_parts:
+                for record in self.drift_watch.observe_batch(detector, topics, scores):
+                    if self.config.alerts_topic:
+                        output.records.append(OutputRecord(self.config.alerts_topic, drift_key(record),
+                                                           codec.dumps(record)))
+        except Exception as error:  # a monitoring fault must not stop a partition
+            LOGGER.warning("drift watch skipped a batch (%s: %s)", type(error).__name__, error)
         return output
 
     def _handle_batch(self, records, detector: Detector) -> BatchOutput:
@@ -141,6 +160,7 @@ class BatchHandler:
         output.scoring_seconds = time.perf_counter() - started
         device_ids = decoded.device_ids
         thresholds, kinds, is_anomaly = verdicts(scores, device_ids, self.device_thresholds)
+        output.scored_parts.append(([record.topic for record in records], scores))
         detection_time = time.time()
         anomalous = np.flatnonzero(is_anomaly)
         segments = dict(zip(anomalous.tolist(), events.worst_segments(
