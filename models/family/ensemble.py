@@ -21,6 +21,7 @@ the candidate's weights file and the exported SavedModel.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -55,6 +56,8 @@ class EnsembleConfig:
 
         if not isinstance(self.members, tuple) or not self.members:
             raise ValueError(f"an ensemble needs at least one member, got {self.members!r}")
+        # One canonical, JSON-shaped form (lists, not tuples), so a config read back from a file equals this one.
+        object.__setattr__(self, "members", tuple(json.loads(json.dumps(member)) for member in self.members))
         for member in self.members:
             if not isinstance(member, dict) or set(member) - {"model", "parameters"} or "model" not in member:
                 raise ValueError(f"an ensemble member is {{\"model\": name, \"parameters\": {{...}}}}, got {member!r}")
