@@ -96,7 +96,7 @@ class TrainConfig(DatasetFlags):
     candidates: tuple[str, ...] = field(
         f"comma-separated presets among {', '.join(CANDIDATE_PRESETS)}, or JSON: an object "
         '{"name": ..., "preset" or "model": ..., "parameters": {...}, "epochs": ...} or a list of names and '
-        "objects; repeatable", default=("ensemble",), separator=None, from_json=candidates_from_json)
+        "objects; repeatable", default=("dense", "conv1d"), separator=None, from_json=candidates_from_json)
     epochs: int | None = field("override every candidate's epochs", default=None,
                                default_text="each candidate's own")
     threshold_method: str = field(f"one of {', '.join(THRESHOLD_METHODS)}", default="max_f1")

@@ -123,7 +123,7 @@ CANDIDATES = {
                                 epochs=300, batch_size=32),
 }
 
-DEFAULT_CANDIDATES = ("ensemble",)
+DEFAULT_CANDIDATES = ("dense", "conv1d")
 """What `heartwatch train` trains without ``--candidates`` (``pipeline.config.TrainConfig`` repeats it)."""
 
 
