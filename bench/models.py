@@ -1,19 +1,23 @@
-"""Every ECG-capable autoencoder of the family on the real sample, over the same seeded splits.
+"""Every `heartwatch train` candidate preset on the real sample, over the same seeded splits.
 
 For each seed the beats are split exactly as `heartwatch train` splits them (``pipeline.splits``,
-20 % test, 20 % validation, stratified by source class). Each model trains on the min-max-scaled
-training normals (statistics over training normals, as the pipeline's TFT graph computes them) with
-early stopping on the validation normals (``models.training.fit.train_autoencoder``, the one fit loop).
-Each model is scored by its reconstruction error (``Autoencoder.scores``, what the exported detector
-computes). The threshold is calibrated with ``max_f1`` on the whole validation split; ROC-AUC, PR-AUC
-and F1 are measured on the test split with anomaly as the positive class. Prints a Markdown table of
-means (± standard deviation) over the splits, with the training time per split and the parameter count.
+20 % test, 20 % validation, stratified by source class). Each candidate (``models.training.candidates
+.CANDIDATES``: one preset per registered ECG model, the variants and the ensemble) trains with its
+own preset settings on the min-max-scaled training normals (statistics over training normals, as the
+pipeline's TFT graph computes them) with early stopping on the validation normals
+(``models.training.fit.train_autoencoder``, the one fit loop). Each model is scored by its own
+``anomaly_score`` (``Autoencoder.scores``, what the exported detector serves: the reconstruction
+error, the VAE's negative ELBO for ``vae_elbo``, the normalised member scores for the ensemble).
+The threshold is calibrated with ``max_f1`` on the whole validation split, as the pipeline does;
+validation ROC-AUC (what the pipeline selects by), test ROC-AUC, accuracy and F1 are measured with
+anomaly as the positive class. Prints a Markdown table of means (± standard deviation) over the
+splits, with the training time per split and the parameter count.
 
     python bench/models.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 5
 
-``--models`` picks rows by name (default: all), ``--epochs`` caps every row's epochs,
-``--output`` writes the per-split rows as JSON. The splits depend on the ``--data`` string (it is the
-beats' source in the split key, as in the pipeline): pass the same string to compare runs.
+``--models`` picks rows by preset name (default: all but ``tutorial``), ``--seeds`` runs chosen
+seeds (``0-4``, ``3,7``), ``--epochs`` caps every row's epochs, ``--output`` rewrites the per-split
+rows as JSON after every row, ``--merge`` prints the table of such files.
 """
 
 import argparse
@@ -29,28 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.detection import metrics, thresholds  # noqa: E402
 from models.ecg import sources  # noqa: E402
-from models.family import registry  # noqa: E402
-from models.training.candidates import CandidateConfig  # noqa: E402
+from models.training.candidates import CANDIDATES, CandidateConfig  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt")
-
-BENCH_CANDIDATES = (
-    CandidateConfig("dense", "dense", {}, epochs=200, batch_size=32),
-    CandidateConfig("conv1d", "conv1d", {}, epochs=200, batch_size=32),
-    CandidateConfig("lstm", "lstm", {}, epochs=200, batch_size=16, learning_rate=3e-3, early_stopping_patience=30),
-    CandidateConfig("sparse_l1", "sparse", {"sparsity": "l1"}, epochs=200, batch_size=32),
-    CandidateConfig("sparse_kl", "sparse", {"sparsity": "kl", "target_activation": 0.1}, epochs=200, batch_size=32),
-    CandidateConfig("contractive", "contractive", {}, epochs=200, batch_size=32),
-    CandidateConfig("vae", "vae", {}, epochs=200, batch_size=32),
-)
-"""The benchmarked rows: a registry model, its parameters and its fit settings.
-
-A model with a ``negative_elbo`` method (the VAE) is scored twice from the same training run: by its
-reconstruction error (what the exported detector computes) and by its negative ELBO.
-"""
-NEGATIVE_ELBO_SUFFIX = " (negative ELBO)"
+DEFAULT_ROWS = tuple(name for name in CANDIDATES if name != "tutorial")
 
 
 def split_arrays(dataset, seed: int) -> dict:
@@ -72,27 +60,16 @@ def split_arrays(dataset, seed: int) -> dict:
 
 
 def evaluate(candidate: CandidateConfig, arrays: dict, seed: int) -> dict:
-    """Trains ``candidate`` on one split, calibrates on validation; returns test metrics by score kind.
-
-    Keys are the row names: the candidate's name for the reconstruction error, plus
-    ``name + NEGATIVE_ELBO_SUFFIX`` for models that also score by negative ELBO.
-    """
+    """Trains ``candidate`` on one split, calibrates on validation; returns validation and test metrics."""
     result = train_autoencoder(candidate, arrays["train"], arrays["validation_normals"], seed=seed, verbose=0)
-    model = result.model
-    score_functions = {candidate.name: lambda beats: model.scores(beats)["reconstruction_error"]}
-    if hasattr(model, "negative_elbo"):
-        score_functions[candidate.name + NEGATIVE_ELBO_SUFFIX] = model.negative_elbo
-    evaluations = {}
-    for name, function in score_functions.items():
-        validation_scores = np.asarray(function(arrays["validation"]), dtype=np.float64)
-        test_scores = np.asarray(function(arrays["test"]), dtype=np.float64)
-        threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), validation_scores,
-                                         arrays["validation_labels"])
-        test = metrics.classification_metrics(arrays["test_labels"], test_scores, threshold.value)
-        evaluations[name] = {"roc_auc": test["roc_auc"], "pr_auc": test["pr_auc"], "f1": test["f1"],
-                             "seconds": result.seconds, "epochs_run": result.epochs_run,
-                             "parameters": result.parameter_count}
-    return evaluations
+    validation_scores = np.asarray(result.model.anomaly_score(arrays["validation"]), dtype=np.float64)
+    test_scores = np.asarray(result.model.anomaly_score(arrays["test"]), dtype=np.float64)
+    threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), validation_scores,
+                                     arrays["validation_labels"])
+    test = metrics.classification_metrics(arrays["test_labels"], test_scores, threshold.value)
+    return {"validation_roc_auc": metrics.roc_auc(arrays["validation_labels"], validation_scores),
+            "roc_auc": test["roc_auc"], "accuracy": test["accuracy"], "f1": test["f1"], "seconds": result.seconds,
+            "epochs_run": result.epochs_run, "parameters": result.parameter_count}
 
 
 def summary(rows: list[dict], key: str, digits: int = 4) -> str:
@@ -102,9 +79,9 @@ def summary(rows: list[dict], key: str, digits: int = 4) -> str:
 
 
 def table(rows: list[dict], names: list[str]) -> str:
-    """Markdown table of means ± standard deviations per model, in ``names`` order."""
-    lines = ["| model | registry name (parameters) | ROC-AUC | PR-AUC | F1 | train s / split | epochs | parameters |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Markdown table of means ± standard deviations per candidate, in ``names`` order."""
+    lines = ["| candidate | registry name (parameters) | validation ROC-AUC | test ROC-AUC | test accuracy | test F1 | "
+             "train s / split | epochs | parameters |", "|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         own = [row for row in rows if row["name"] == name]
         if not own:
@@ -114,54 +91,72 @@ def table(rows: list[dict], names: list[str]) -> str:
         described = f"`{first['model']}`" + parameters
         seconds = np.mean([row["seconds"] for row in own])
         epochs = np.mean([row["epochs_run"] for row in own])
-        lines.append(f"| {name} | {described} | {summary(own, 'roc_auc')} | {summary(own, 'pr_auc')} | "
-                     f"{summary(own, 'f1')} | {seconds:.1f} | {epochs:.0f} | {first['parameters']:,} |")
+        lines.append(f"| {name} | {described} | {summary(own, 'validation_roc_auc')} | {summary(own, 'roc_auc')} | "
+                     f"{summary(own, 'accuracy')} | {summary(own, 'f1')} | {seconds:.1f} | {epochs:.0f} | "
+                     f"{first['parameters']:,} |")
     return "\n".join(lines)
+
+
+def seed_list(seeds: str | None, count: int) -> list[int]:
+    """``0-4`` or ``3,7`` (or None: 0 .. count-1) as a list of seeds."""
+    if not seeds:
+        return list(range(count))
+    chosen = []
+    for part in seeds.split(","):
+        low, _, high = part.partition("-")
+        chosen += list(range(int(low), int(high or low) + 1))
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--splits", type=int, default=5, help="seeds 0 .. splits-1")
-    parser.add_argument("--models", default=",".join(candidate.name for candidate in BENCH_CANDIDATES),
-                        help="comma-separated row names")
+    parser.add_argument("--seeds", default=None, help="seeds to run instead, e.g. 0-4 or 3,7")
+    parser.add_argument("--models", default=",".join(DEFAULT_ROWS), help="comma-separated preset names")
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
-    parser.add_argument("--output", default=None, help="write the per-split rows as JSON here")
+    parser.add_argument("--output", default=None, help="write the per-split rows as JSON here (after every row)")
+    parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these --output files")
     arguments = parser.parse_args()
 
-    by_name = {candidate.name: candidate for candidate in BENCH_CANDIDATES}
     chosen = [name.strip() for name in arguments.models.split(",") if name.strip()]
-    unknown = sorted(set(chosen) - set(by_name))
+    unknown = sorted(set(chosen) - set(CANDIDATES))
     if unknown:
-        parser.error(f"unknown rows {unknown}; rows: {', '.join(by_name)}")
-    candidates = [by_name[name] for name in chosen]
+        parser.error(f"unknown rows {unknown}; presets: {', '.join(CANDIDATES)}")
+    if arguments.merge:
+        rows = []
+        for path in arguments.merge:
+            with open(path) as handle:
+                rows += json.load(handle)
+        print(table(rows, [name for name in chosen if any(row["name"] == name for row in rows)]))
+        return
+    candidates = [CANDIDATES[name] for name in chosen]
     if arguments.epochs:
         candidates = [dataclasses.replace(candidate, epochs=min(candidate.epochs, arguments.epochs))
                       for candidate in candidates]
-    not_ecg = sorted({candidate.model for candidate in candidates} - set(registry.ecg_models()))
-    if not_ecg:
-        parser.error(f"models {not_ecg} are not ECG models")
+    for candidate in candidates:
+        candidate.check_model()
 
     dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
-    print(f"{len(dataset)} beats from {arguments.data}; {arguments.splits} splits; rows: {', '.join(chosen)}",
-          flush=True)
+    seeds = seed_list(arguments.seeds, arguments.splits)
+    print(f"{len(dataset)} beats from {arguments.data}; seeds {seeds}; rows: {', '.join(chosen)}", flush=True)
     rows = []
     started = time.perf_counter()
-    for seed in range(arguments.splits):
+    for seed in seeds:
         arrays = split_arrays(dataset, seed)
         for candidate in candidates:
-            for name, evaluation in evaluate(candidate, arrays, seed).items():
-                row = {"seed": seed, "name": name, "model": candidate.model, "parameters_set": candidate.parameters,
-                       **evaluation}
-                rows.append(row)
-                print(f"seed {seed} {name:<16} roc_auc {row['roc_auc']:.4f} pr_auc {row['pr_auc']:.4f} "
-                      f"f1 {row['f1']:.4f} {row['seconds']:.1f} s {row['epochs_run']} epochs", flush=True)
+            row = {"seed": seed, "name": candidate.name, "model": candidate.model,
+                   "parameters_set": candidate.parameters, **evaluate(candidate, arrays, seed)}
+            rows.append(row)
+            print(f"seed {seed} {candidate.name:<12} validation roc_auc {row['validation_roc_auc']:.4f} test roc_auc "
+                  f"{row['roc_auc']:.4f} accuracy {row['accuracy']:.4f} f1 {row['f1']:.4f} {row['seconds']:.1f} s "
+                  f"{row['epochs_run']} epochs", flush=True)
+            if arguments.output:
+                with open(arguments.output, "w") as handle:
+                    json.dump(rows, handle, indent=2)
     print()
-    print(table(rows, list(dict.fromkeys(row["name"] for row in rows))))
+    print(table(rows, chosen))
     print(f"\nwall time {time.perf_counter() - started:.0f} s")
-    if arguments.output:
-        with open(arguments.output, "w") as handle:
-            json.dump(rows, handle, indent=2)
 
 
 if __name__ == "__main__":

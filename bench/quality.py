@@ -1,13 +1,18 @@
 """Detection quality of `heartwatch train` against the TensorFlow tutorial recipe, same splits.
 
 For each seed the real training pipeline runs end to end (Beam + TFT, candidates, calibration,
-export) and its test metrics are read from the exported model card. On exactly the same
+export) with its default candidates (or ``--candidates``) and its test metrics and the selected
+candidate's validation score are read from the exported model card. On exactly the same
 train/test split (``pipeline.splits``, the pipeline's train + validation shares = the tutorial's
 80 % training set) the tutorial recipe runs in-process: dense 140-32-16-8, 20 epochs, batch 512,
 min-max over training normals, threshold = mean + std of training-normal errors. Anomaly is the
-positive class for both. Prints one row per split and the means.
+positive class for both. Prints one row per split as it finishes, then the means, the per-seed
+spread (minimum, maximum, standard deviation) and each seed's ROC-AUC and accuracy. ``--seeds``
+runs chosen seeds only (e.g. two processes on ``0-4`` and ``5-9``); ``--output`` is rewritten after
+every split, so a long run leaves its finished splits behind; ``--merge`` prints the summary of such
+files together.
 
-    python bench/quality.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 5
+    python bench/quality.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 10
 """
 
 import argparse
@@ -53,41 +58,76 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000",
                                                          "../shared/data/ecg5000/ECG5000_TRAIN.txt"))
-    parser.add_argument("--splits", type=int, default=5)
-    parser.add_argument("--candidates", default="dense,conv1d")
-    parser.add_argument("--output", default=None, help="write the rows as JSON here")
+    parser.add_argument("--splits", type=int, default=10, help="seeds 0 .. splits-1")
+    parser.add_argument("--seeds", default=None, help="seeds to run instead, e.g. 0-4 or 3,7")
+    parser.add_argument("--candidates", default=None, help="--candidates of `heartwatch train` (default: its own)")
+    parser.add_argument("--train_flag", action="append", default=[],
+                        help="extra `heartwatch train` flag, e.g. --train_flag=--threshold_method=percentile")
+    parser.add_argument("--output", default=None, help="write the rows as JSON here (after every split)")
+    parser.add_argument("--merge", nargs="+", default=None, help="only print the summary of these --output files")
     arguments = parser.parse_args()
 
+    if arguments.merge:
+        rows = []
+        for path in arguments.merge:
+            with open(path) as handle:
+                rows += json.load(handle)
+        print_summary(sorted(rows, key=lambda row: row["seed"]))
+        return
     dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
+    candidates = ["--candidates", arguments.candidates] if arguments.candidates else []
     rows = []
     with tempfile.TemporaryDirectory() as output_dir:
-        for seed in range(arguments.splits):
+        for seed in seed_list(arguments.seeds, arguments.splits):
             started = time.perf_counter()
-            result = train.run(["--data", arguments.data, "--output_dir", output_dir, "--seed", str(seed),
-                                "--candidates", arguments.candidates, "--verbose", "0", "--report", "false"])
+            result = train.run(["--data", arguments.data, "--output_dir", output_dir, "--seed", str(seed), *candidates,
+                                "--verbose", "0", "--report", "false", *arguments.train_flag])
             seconds = time.perf_counter() - started
             card = result.summary
             rows.append({"seed": seed, "heartwatch": card["test_metrics"], "tutorial": tutorial_recipe(dataset, seed),
                          "model": card["model"]["name"], "threshold_method": card["threshold"]["method"],
-                         "pipeline_seconds": seconds})
+                         "validation_roc_auc": card["model"].get("selection_score"),
+                         "candidates": card["candidates"], "pipeline_seconds": seconds})
             print(_row_line(rows[-1]), flush=True)
+            if arguments.output:
+                with open(arguments.output, "w") as handle:
+                    json.dump(rows, handle, indent=2)
+    print_summary(rows)
+
+
+def seed_list(seeds: str | None, splits: int) -> list[int]:
+    """``0-4`` or ``3,7`` (or None: 0 .. splits-1) as a list of seeds."""
+    if not seeds:
+        return list(range(splits))
+    chosen = []
+    for part in seeds.split(","):
+        low, _, high = part.partition("-")
+        chosen += list(range(int(low), int(high or low) + 1))
+    return chosen
+
+
+def print_summary(rows: list[dict]) -> None:
+    """Means of both systems, the per-seed spread of `heartwatch train` and each seed's AUC and accuracy."""
     print()
     print(f"{'mean over ' + str(len(rows)) + ' splits':<22}" + "".join(f"{name:>10}" for name in METRIC_NAMES))
     for system in ("tutorial", "heartwatch"):
         means = [np.mean([row[system][name] for row in rows]) for name in METRIC_NAMES]
         print(f"{system:<22}" + "".join(f"{value:>10.4f}" for value in means))
+    for name in ("roc_auc", "accuracy"):
+        values = np.array([row["heartwatch"][name] for row in rows])
+        print(f"heartwatch {name}: mean {values.mean():.4f}, min {values.min():.4f}, max {values.max():.4f}, "
+              f"std {values.std():.4f}; per seed " + ", ".join(f"{row['seed']}: {row['heartwatch'][name]:.4f}"
+                                                           for row in rows))
     print(f"pipeline wall time per split: mean {np.mean([row['pipeline_seconds'] for row in rows]):.1f} s "
           "(in-process, TensorFlow already imported)")
-    if arguments.output:
-        with open(arguments.output, "w") as handle:
-            json.dump(rows, handle, indent=2)
 
 
 def _row_line(row: dict) -> str:
     tutorial, ours = row["tutorial"], row["heartwatch"]
     return (f"seed {row['seed']}: tutorial acc {tutorial['accuracy']:.3f} auc {tutorial['roc_auc']:.4f} | "
             f"heartwatch ({row['model']}, {row['threshold_method']}) acc {ours['accuracy']:.3f} "
-            f"auc {ours['roc_auc']:.4f} f1 {ours['f1']:.3f} | {row['pipeline_seconds']:.0f} s")
+            f"auc {ours['roc_auc']:.4f} f1 {ours['f1']:.3f} (validation auc {row['validation_roc_auc']}) | "
+            f"{row['pipeline_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

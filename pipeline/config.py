@@ -24,7 +24,7 @@ from models.ecg import DATASET_FORMATS
 from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
-from models.training.candidates import CANDIDATES
+from models.training.candidates import CANDIDATES, candidates_from_json
 
 # Names shown in --help and checked at parse time; their owners above import no TensorFlow, Keras or pandas.
 CANDIDATE_PRESETS = tuple(sorted(CANDIDATES))
@@ -93,8 +93,10 @@ class TrainConfig(DatasetFlags):
     validation_fraction: float = field("share of every class for validation (early stopping, calibration, "
                                        "selection)", default=0.2)
     normalization: str = field(f"{' or '.join(NORMALIZATIONS)} (TFT)", default="minmax")
-    candidates: tuple[str, ...] = field(f"comma-separated presets among {', '.join(CANDIDATE_PRESETS)}",
-                                        default=("dense", "conv1d"))
+    candidates: tuple[str, ...] = field(
+        f"comma-separated presets among {', '.join(CANDIDATE_PRESETS)}, or JSON: an object "
+        '{"name": ..., "preset" or "model": ..., "parameters": {...}, "epochs": ...} or a list of names and '
+        "objects; repeatable", default=("dense", "conv1d"), separator=None, from_json=candidates_from_json)
     epochs: int | None = field("override every candidate's epochs", default=None,
                                default_text="each candidate's own")
     threshold_method: str = field(f"one of {', '.join(THRESHOLD_METHODS)}", default="max_f1")
@@ -111,11 +113,7 @@ class TrainConfig(DatasetFlags):
         _check_choice(self, "verbose", VERBOSITIES)
         _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")
         _check_positive(self, "epochs")
-        if not self.candidates:
-            raise ValueError("--candidates: at least one candidate is needed (--candidates dense,conv1d)")
-        unknown = [name for name in self.candidates if name not in CANDIDATE_PRESETS]
-        if unknown:
-            raise ValueError(f"--candidates: unknown candidate {unknown[0]!r}; presets: {', '.join(CANDIDATE_PRESETS)}")
+        self.parsed_candidates()
         self.split_config()
         self.threshold_config()
 
@@ -132,13 +130,25 @@ class TrainConfig(DatasetFlags):
         return thresholds.ThresholdConfig(method=self.threshold_method, k=self.threshold_k,
                                           target_false_positive_rate=self.target_false_positive_rate)
 
-    def candidate_configs(self) -> list:
-        """The ``CandidateConfig`` presets, with ``epochs`` applied (imports Keras)."""
-        from models.training.candidates import candidate
+    def parsed_candidates(self) -> tuple:
+        """The ``CandidateConfig`` of every ``--candidates`` item (names and JSON; no Keras)."""
+        from models.training.candidates import parse_candidates
 
-        chosen = [candidate(name) for name in self.candidates]
+        try:
+            return parse_candidates(self.candidates)
+        except ValueError as error:
+            raise ValueError(f"--candidates: {error}") from None
+
+    def candidate_configs(self) -> list:
+        """The candidates with ``epochs`` applied, their models checked against the registry (imports Keras)."""
+        chosen = list(self.parsed_candidates())
         if self.epochs is not None:
             chosen = [dataclasses.replace(item, epochs=self.epochs) for item in chosen]
+        for item in chosen:
+            try:
+                item.check_model()
+            except ValueError as error:
+                raise ValueError(f"--candidates: {error}") from None
         return chosen
 
     def deep_checks(self) -> None:

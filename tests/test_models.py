@@ -16,11 +16,19 @@ from models.ecg import BEAT_LENGTH
 from models.family import registry
 from models.family.base import ECG_DOMAIN, IMAGE_DOMAIN
 from models.family.beats import DenseAutoencoder, DenseConfig, LSTMConfig
+from models.family.ensemble import EnsembleConfig, reference_statistics
 from models.family.images import ImageConvConfig
 from models.family.registry import FAMILY
 from models.family.regularized import ContractiveConfig, SparseConfig
 from models.family.variational import VAEConfig
-from models.training.candidates import CANDIDATES, CandidateConfig, candidate
+from models.training.candidates import (
+    CANDIDATES,
+    DEFAULT_CANDIDATES,
+    CandidateConfig,
+    candidate,
+    candidates_from_json,
+    parse_candidates,
+)
 from models.training.fit import fit, train_autoencoder
 from models.training.settings import FitSettings
 
@@ -32,10 +40,14 @@ SMALL = {
     "sparse": {"hidden_units": (16,), "latent_dim": 16},
     "contractive": {"hidden_units": (16,), "latent_dim": 4},
     "vae": {"hidden_units": (16,), "latent_dim": 2},
+    "ensemble": {"members": ({"model": "dense", "parameters": {"hidden_units": (16,), "latent_dim": 4}},
+                             {"model": "vae", "parameters": {"hidden_units": (8,), "latent_dim": 2}})},
     "dense_image": {"input_shape": (12, 12), "latent_dim": 8},
     "conv_image": {"input_shape": (12, 12, 1), "filters": (4, 8), "z_dim": 2},
 }
-ECG_MODELS = ("contractive", "conv1d", "dense", "lstm", "sparse", "vae")
+ECG_MODELS = ("contractive", "conv1d", "dense", "ensemble", "lstm", "sparse", "vae")
+# Models whose anomaly score is not their mean reconstruction error (checked by their own tests).
+OWN_SCORE_MODELS = ("ensemble",)
 IMAGE_MODELS = ("conv_image", "dense_image")
 PENALISED = {
     "sparse_l1": ("sparse", {"hidden_units": (16,), "latent_dim": 16, "sparsity": "l1", "sparsity_weight": 0.01}),
@@ -131,7 +143,12 @@ def test_interface_shapes(name):
     errors = np.asarray(model.per_sample_error(inputs))
     assert errors.shape == inputs.shape and (errors >= 0).all()
     scores = np.asarray(model.anomaly_score(inputs))
-    np.testing.assert_allclose(scores, errors.reshape(5, -1).mean(axis=1), rtol=1e-5)
+    if name in OWN_SCORE_MODELS:
+        np.testing.assert_allclose(np.asarray(model.scores(inputs)["reconstruction_error"]),
+                                   errors.reshape(5, -1).mean(axis=1), rtol=1e-5)
+        assert scores.shape == (5,) and np.isfinite(scores).all()
+    else:
+        np.testing.assert_allclose(scores, errors.reshape(5, -1).mean(axis=1), rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -266,7 +283,10 @@ def test_ecg_models_export_as_raw_input_detectors(name, tmp_path):
     root.publish(staging, {"threshold": {"value": 0.1}})
     scores = detector.load_detector(str(tmp_path)).score(raw)
     expected = np.asarray(model.anomaly_score((raw + 2.0) / 4.0))
-    np.testing.assert_allclose(scores["reconstruction_error"], expected, rtol=1e-4, atol=1e-6)
+    expected_error = np.asarray(model.scores((raw + 2.0) / 4.0)["reconstruction_error"])
+    if name not in OWN_SCORE_MODELS:
+        np.testing.assert_allclose(scores["reconstruction_error"], expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(scores["reconstruction_error"], expected_error, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(scores["anomaly_score"], expected, rtol=1e-4, atol=1e-6)
     assert scores["per_sample_error"].shape == (12, BEAT_LENGTH)
     assert math.isclose(float(scores["threshold"][0]), 0.1, rel_tol=1e-6)
@@ -394,3 +414,170 @@ def test_candidates_and_fit_settings_import_without_tensorflow():
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                env={**os.environ, "PYTHONPATH": repository}, cwd=repository)
     assert completed.stdout.strip() == "none"
+
+
+# ------------------------------------------------------------------------------ candidates by name and JSON
+
+
+def test_every_ecg_model_is_a_preset_and_names_parse():
+    assert set(registry.ecg_models()) <= set(CANDIDATES)
+    assert parse_candidates("dense, conv1d") == (CANDIDATES["dense"], CANDIDATES["conv1d"])
+    assert parse_candidates(("dense", "lstm,vae")) == (CANDIDATES["dense"], CANDIDATES["lstm"], CANDIDATES["vae"])
+    assert {item.name for item in parse_candidates(DEFAULT_CANDIDATES)} == set(DEFAULT_CANDIDATES)
+    for name, config in CANDIDATES.items():
+        assert config.name == name
+        config.check_model()
+
+
+def test_json_candidates_override_presets_derive_from_them_or_stand_alone():
+    text = ('[{"name": "lstm", "epochs": 5}, {"name": "wide", "preset": "sparse_kl", "parameters": {"latent_dim": 8}},'
+            ' {"name": "mine", "model": "dense", "parameters": {"hidden_units": [64, 32]}, "epochs": 200}, "vae"]')
+    lstm, wide, mine, vae = parse_candidates(text)
+    assert lstm == CandidateConfig(**{**CANDIDATES["lstm"].to_dict(), "epochs": 5})
+    assert wide.model == "sparse" and wide.parameters == {"sparsity": "kl", "target_activation": 0.1, "latent_dim": 8}
+    assert wide.fit_settings() == CANDIDATES["sparse_kl"].fit_settings()
+    assert mine == CandidateConfig("mine", "dense", {"hidden_units": [64, 32]}, epochs=200)
+    assert vae is CANDIDATES["vae"]
+    assert parse_candidates({"name": "dense", "batch_size": 8})[0].batch_size == 8
+    assert candidates_from_json([{"name": "a", "model": "dense"}, "b"]) == ['{"name": "a", "model": "dense"}', "b"]
+    assert "latent_dim" not in CANDIDATES["sparse_kl"].parameters, "a variant leaves its preset unchanged"
+
+
+@pytest.mark.parametrize("value, message", [
+    ("dense,nonesuch", "unknown candidate 'nonesuch'; presets: tutorial, dense, conv1d, lstm"),
+    ("", "at least one candidate"),
+    ("dense,dense", "names must be unique, dense repeated"),
+    ('{"name": "x", "preset": "dense", "model": "lstm"}', "differs from preset 'dense'"),
+    ('{"name": "new"}', "unknown candidate 'new'"),
+    ('[{"name": "x", "model": "dense", "units": 3}]', "unknown CandidateConfig fields"),
+    ('[{"name": "x"', "not JSON"),
+    ('{"name": "a/b", "model": "dense"}', "letters, digits"),
+    ('{"name": "x", "preset": "dense", "epochs": 0}', "candidate x: epochs and batch_size must be positive"),
+])
+def test_bad_candidates_are_refused_in_one_line(value, message):
+    with pytest.raises(ValueError, match=message) as raised:
+        parse_candidates(value)
+    assert "\n" not in str(raised.value)
+
+
+def test_candidate_models_are_checked_against_the_registry():
+    with pytest.raises(ValueError, match="candidate picture: model 'dense_image' does not reconstruct beats"):
+        CandidateConfig("picture", "dense_image").check_model()
+    with pytest.raises(ValueError, match="candidate odd: unknown DenseConfig fields"):
+        CandidateConfig("odd", "dense", {"units": 3}).check_model()
+    with pytest.raises(ValueError, match="ensemble member 'conv_image' must be an ECG model"):
+        CandidateConfig("mixed", "ensemble", {"members": [{"model": "conv_image"}]}).check_model()
+
+
+def test_train_flags_take_candidates_by_name_json_and_config_file(tmp_path):
+    from models.common.flags import parse_flags
+    from pipeline.config import TrainConfig
+
+    assert TrainConfig().candidates == DEFAULT_CANDIDATES
+    config = parse_flags(TrainConfig, ["--candidates", "dense,conv1d", "--candidates", '{"name": "vae", "epochs": 7}',
+                                       "--epochs", "3"])
+    assert [(item.name, item.epochs) for item in config.candidate_configs()] == [("dense", 3), ("conv1d", 3),
+                                                                                 ("vae", 3)]
+    assert config.parsed_candidates()[2].epochs == 7
+    path = tmp_path / "train.json"
+    path.write_text('{"candidates": ["lstm", {"name": "wide", "preset": "dense", "parameters": {"latent_dim": 4}}]}')
+    from_file = parse_flags(TrainConfig, ["--config", str(path)])
+    assert [item.name for item in from_file.parsed_candidates()] == ["lstm", "wide"]
+    with pytest.raises(ValueError, match="--candidates: unknown candidate 'nonesuch'; presets: "):
+        parse_flags(TrainConfig, ["--candidates", "nonesuch"])
+    with pytest.raises(ValueError, match="--candidates: candidate picture: model 'dense_image'"):
+        parse_flags(TrainConfig, ["--candidates", '{"name": "picture", "model": "dense_image"}'])
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_every_preset_trains_exports_and_serves_its_own_score(name, tmp_path):
+    beats = _beats(64, BEAT_LENGTH, seed=7)
+    config = CandidateConfig(**{**CANDIDATES[name].to_dict(), "epochs": 2, "batch_size": 16})
+    result = train_autoencoder(config, beats[:48], beats[48:], seed=0, verbose=0)
+    assert result.epochs_run == 2 and np.isfinite(result.history["loss"]).all()
+    model = result.model
+    raw = 4.0 * _beats(10, BEAT_LENGTH, seed=8) - 2.0
+    root = detector.artifact_root(str(tmp_path))
+    staging = root.staging_directory()
+    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.1).save(
+        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
+    root.publish(staging, {"threshold": {"value": 0.1}})
+    served = detector.load_detector(str(tmp_path)).score(raw)
+    own = model.scores((raw + 2.0) / 4.0)
+    np.testing.assert_allclose(served["anomaly_score"], np.asarray(own["anomaly_score"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(served["reconstruction_error"], np.asarray(own["reconstruction_error"]), rtol=1e-4,
+                               atol=1e-6)
+    if config.parameters.get("score") == "negative_elbo":
+        assert np.all(served["anomaly_score"] > served["reconstruction_error"])
+    np.testing.assert_array_equal(served["is_anomaly"], served["anomaly_score"] > np.float32(0.1))
+
+
+# ------------------------------------------------------------------------------ the ensemble
+
+ENSEMBLE_MEMBERS = ({"model": "dense", "parameters": {"hidden_units": (16,), "latent_dim": 4}},
+                    {"model": "sparse", "parameters": {"hidden_units": (12,), "latent_dim": 8,
+                                                       "sparsity_weight": 0.01}})
+
+
+def test_ensemble_training_loss_is_the_sum_of_member_losses_and_penalties():
+    keras.utils.set_random_seed(3)
+    model = registry.build("ensemble", {"members": ENSEMBLE_MEMBERS})
+    inputs = tf.constant(_beats(16, BEAT_LENGTH))
+    model.compile(optimizer="adam", loss="mae")
+    stacked = model(inputs, training=True)
+    assert tuple(stacked.shape) == (16, 2, BEAT_LENGTH)
+    dense, sparse = model.members
+    expected = sum(float(np.mean(np.abs(np.asarray(inputs) - np.asarray(member(inputs, training=True)))))
+                   for member in model.members) + float(sparse.penalty(inputs))
+    assert float(model.compute_loss(inputs, inputs, stacked, training=True)) == pytest.approx(expected, rel=1e-4)
+    mean = (np.asarray(dense.reconstruct(inputs)) + np.asarray(sparse.reconstruct(inputs))) / 2.0
+    np.testing.assert_allclose(np.asarray(model.reconstruct(inputs)), mean, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("combine, reference", [("zscore", "validation"), ("zscore", "training"),
+                                                ("rank", "validation")])
+def test_ensemble_normalises_member_scores_by_statistics_fixed_after_training(combine, reference):
+    beats = _beats(96, BEAT_LENGTH, seed=5)
+    train, validation = beats[:64], beats[64:]
+    config = CandidateConfig("ensemble", "ensemble", {"members": ENSEMBLE_MEMBERS, "combine": combine,
+                                                      "reference": reference}, epochs=3, batch_size=16)
+    model = train_autoencoder(config, train, validation, seed=0, verbose=0).model
+    source = validation if reference == "validation" else train
+    member_scores = np.stack([np.asarray(member.anomaly_score(source)) for member in model.members], axis=1)
+    normalised = np.asarray(model.normalized_scores(member_scores))
+    if combine == "zscore":
+        np.testing.assert_allclose(np.asarray(model.score_center), member_scores.mean(axis=0), rtol=1e-5)
+        np.testing.assert_allclose(normalised.mean(axis=0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(normalised.std(axis=0), 1.0, rtol=1e-3)
+    else:
+        assert normalised.min() >= -1e-6 and normalised.max() <= 1.0 + 1e-6
+        np.testing.assert_allclose(np.median(normalised, axis=0), 0.5, atol=0.05)
+        probe = np.linspace(member_scores.min() * 0.5, member_scores.max() * 3.0, 50)
+        ranks = np.asarray(model.normalized_scores(np.stack([probe, probe], axis=1).astype(np.float32)))
+        assert np.all(np.diff(ranks, axis=0) > 0), "the rank map is strictly increasing, beyond the extremes too"
+        assert ranks[-1].min() > 1.0
+    scores = np.asarray(model.anomaly_score(beats))
+    all_members = np.stack([np.asarray(member.anomaly_score(beats)) for member in model.members], axis=1)
+    np.testing.assert_allclose(scores, np.asarray(model.normalized_scores(all_members)).mean(axis=1), rtol=1e-5,
+                               atol=1e-6)
+    anomalous = np.clip(beats[:8] + 0.3 * np.sin(np.linspace(0, 20, BEAT_LENGTH)), 0, 1).astype(np.float32)
+    assert np.asarray(model.anomaly_score(anomalous)).mean() > scores.mean()
+
+
+def test_reference_statistics_and_ensemble_configs():
+    scores = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0]])
+    statistics = reference_statistics(scores)
+    np.testing.assert_allclose(statistics["center"], [2.0, 10.0])
+    np.testing.assert_allclose(statistics["scale"], [np.std([1.0, 2.0, 3.0]), 1e-12])
+    assert statistics["quantiles"].shape[0] == 2 and np.all(np.diff(statistics["quantiles"], axis=1) > 0)
+    np.testing.assert_allclose(statistics["quantiles"][0, [0, -1]], [1.0, 3.0], atol=1e-9)
+    with pytest.raises(ValueError, match="reference scores must be finite"):
+        reference_statistics(np.array([[np.nan, 1.0], [1.0, 1.0]]))
+    with pytest.raises(ValueError, match="combine must be one of"):
+        EnsembleConfig(combine="median")
+    with pytest.raises(ValueError, match="reference must be one of"):
+        EnsembleConfig(reference="test")
+    with pytest.raises(ValueError, match="at least one member"):
+        EnsembleConfig(members=())
+    with pytest.raises(ValueError, match="other than the ensemble"):
+        EnsembleConfig(members=({"model": "ensemble"},))

@@ -21,7 +21,7 @@ from models.family.configs import config_from_dict
 LOGGER = logging.getLogger(__name__)
 
 MODEL_MODULES = ("models.family.beats", "models.family.regularized", "models.family.variational",
-                 "models.family.images", "models.family.denoisers")
+                 "models.family.ensemble", "models.family.images", "models.family.denoisers")
 KERAS_SUFFIX = ".keras"
 
 FAMILY = {
@@ -34,6 +34,7 @@ FAMILY = {
     "sparse (L1 or KL)": "sparse",
     "contractive": "contractive",
     "variational": "vae",
+    "ensemble of ECG autoencoders": "ensemble",
 }
 """Every architecture of the family and the registry name that builds it."""
 
