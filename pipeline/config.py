@@ -102,11 +102,14 @@ class TrainConfig(DatasetFlags):
     target_false_positive_rate: float = field("for percentile", default=0.01)
     verbose: int = field("Keras progress: 0 silent, 1 bar, 2 a line/epoch", default=2)
     report: bool = field("write the PNG/HTML report", default=True)
+    shuffle_buffer: int = field("beats in the training shuffle buffer (bounds training memory; the whole split "
+                                "is shuffled when it is smaller)", default=16384)
 
     def __post_init__(self):
         """Checks every flag that needs no pandas and no Keras (see ``deep_checks``)."""
         super().__post_init__()
         _check_text(self, "output_dir")
+        _check_positive(self, "shuffle_buffer")
         _check_choice(self, "normalization", NORMALIZATIONS)
         _check_choice(self, "verbose", VERBOSITIES)
         _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")

@@ -32,16 +32,19 @@ def _test_pipeline():
 def test_validate_rows_dofn_splits_good_and_bad_rows():
     function = ecg_steps.ValidateRows(_spec())
     function.setup()
-    good = list(function.process((3, ["0.1"] * BEAT_LENGTH, "1")))
-    bad = list(function.process((4, ["0.1"] * 10, "1")))
+    good = list(function.process(("beats.txt", 3, ["0.1"] * BEAT_LENGTH, "1")))
+    bad = list(function.process(("beats.txt", 4, ["0.1"] * 10, "1")))
+    other = list(function.process(("data/other.txt", 5, ["0.1"] * BEAT_LENGTH, "2")))
     assert good[0]["row_number"] == 3 and good[0]["is_anomaly"] == 0 and good[0][BEAT_KEY].shape == (BEAT_LENGTH,)
     assert bad[0].tag == ecg_steps.ValidateRows.ERRORS
     assert bad[0].value["row_number"] == 4 and bad[0].value["reason"].startswith("wrong length")
+    assert bad[0].value["source"] == "beats.txt" and other[0]["source"] == "data/other.txt", "rows keep their file"
+    assert other[0]["is_anomaly"] == 1
 
 
 def test_validate_and_split_transforms_with_assert_that():
-    rows = [(number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
-    rows.append((31, ["x"] * BEAT_LENGTH, "1"))
+    rows = [("beats.txt", number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
+    rows.append(("beats.txt", 31, ["x"] * BEAT_LENGTH, "1"))
     config = splits.SplitConfig(seed=5, test_fraction=0.2, validation_fraction=0.2)
     expected = splits.assign_splits(["beats.txt"] * 30, list(range(1, 31)),
                                     ["1" if number % 3 else "2" for number in range(1, 31)], config)
