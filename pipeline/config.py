@@ -158,12 +158,16 @@ class ScoreConfig(DatasetFlags):
                        default="artifacts/ecg")
     out: str = field("output CSV path", default="scores.csv")
     batch_size: int = field("largest batch per detector call", default=1024)
+    num_shards: int = field("score files: 1 writes one file at --out, 0 lets the runner shard it "
+                            "(<out>-SSSSS-of-NNNNN; flat memory on large inputs), N writes N shards", default=1)
 
     def __post_init__(self):
         """Checks the flags (the dataset spec itself is built by ``deep_checks``)."""
         super().__post_init__()
         _check_text(self, "model", "out")
         _check_positive(self, "batch_size")
+        if isinstance(self.num_shards, bool) or self.num_shards < 0:
+            raise ValueError(f"--num_shards must be 0 (runner decides) or positive, got {self.num_shards!r}")
 
 
 @dataclasses.dataclass(frozen=True)
