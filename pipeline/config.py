@@ -104,11 +104,14 @@ class TrainConfig(DatasetFlags):
     target_false_positive_rate: float = field("for percentile", default=0.01)
     verbose: int = field("Keras progress: 0 silent, 1 bar, 2 a line/epoch", default=2)
     report: bool = field("write the PNG/HTML report", default=True)
+    shuffle_buffer: int = field("beats in the training shuffle buffer (bounds training memory; the whole split "
+                                "is shuffled when it is smaller)", default=16384)
 
     def __post_init__(self):
         """Checks every flag that needs no pandas and no Keras (see ``deep_checks``)."""
         super().__post_init__()
         _check_text(self, "output_dir")
+        _check_positive(self, "shuffle_buffer")
         _check_choice(self, "normalization", NORMALIZATIONS)
         _check_choice(self, "verbose", VERBOSITIES)
         _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")
@@ -165,12 +168,16 @@ class ScoreConfig(DatasetFlags):
                        default="artifacts/ecg")
     out: str = field("output CSV path", default="scores.csv")
     batch_size: int = field("largest batch per detector call", default=1024)
+    num_shards: int = field("score files: 1 writes one file at --out, 0 lets the runner shard it "
+                            "(<out>-SSSSS-of-NNNNN; flat memory on large inputs), N writes N shards", default=1)
 
     def __post_init__(self):
         """Checks the flags (the dataset spec itself is built by ``deep_checks``)."""
         super().__post_init__()
         _check_text(self, "model", "out")
         _check_positive(self, "batch_size")
+        if isinstance(self.num_shards, bool) or self.num_shards < 0:
+            raise ValueError(f"--num_shards must be 0 (runner decides) or positive, got {self.num_shards!r}")
 
 
 @dataclasses.dataclass(frozen=True)

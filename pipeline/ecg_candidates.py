@@ -1,9 +1,13 @@
-"""Candidate autoencoders of `heartwatch train`: each trained as one Beam element, then ranked.
+"""Candidate autoencoders of `heartwatch train`: each trained as one Beam element, from files, then ranked.
 
-``TrainCandidate`` fits one candidate (``models.training.fit``) on the normalised training normals,
-keeps its best weights under the run's work directory and scores the raw validation beats through a
-``DetectorModule`` (the same graph the export serves), so the ranking uses each model's own
-``anomaly_score``. ``validation_selection_score`` is the ranking rule.
+``TrainCandidate`` fits one candidate (``models.training.fit.train_autoencoder``) on the training
+beats streamed from the materialised train shards (``pipeline.beat_files.training_dataset``: bounded
+shuffle buffer, the TFT graph applied per batch), validating (early stopping, best weights) on the
+validation shards' normal beats. It writes the best weights (restored by early stopping) once under
+the run's work directory and
+exports a *provisional* detector there (``DetectorModule`` with ``PROVISIONAL_THRESHOLD``): the
+threshold is calibrated later from that detector's own validation scores, and the final export
+writes it into a new SavedModel. ``rank`` is the selection rule on those validation scores.
 """
 
 from __future__ import annotations
@@ -11,26 +15,15 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
-import numpy as np
 
-from models.common import files
-from models.detection import metrics
-from models.ecg import ANOMALY, BEAT_KEY, NORMALIZED_BEAT_KEY
+from models.common import artifacts, files
 from models.training.candidates import CandidateConfig
-from pipeline.ecg_steps import METRICS_NAMESPACE, labels, stack
+from pipeline import evaluation
+from pipeline.ecg_steps import METRICS_NAMESPACE
 
 LOGGER = logging.getLogger(__name__)
-
-
-def validation_selection_score(validation_labels: np.ndarray, scores: np.ndarray, best_validation_loss: float) -> dict:
-    """How candidates are ranked: validation ROC-AUC when both classes are labelled, else -val_loss."""
-    labelled = (validation_labels.size and np.isin(validation_labels, (0, 1)).all()
-                and 0 < int((validation_labels == ANOMALY).sum()) < validation_labels.size)
-    if labelled:
-        auc = metrics.roc_auc(validation_labels, scores)
-        return {"selection_metric": "validation_roc_auc", "selection_score": auc, "validation_roc_auc": auc}
-    return {"selection_metric": "negative_validation_loss", "selection_score": -best_validation_loss,
-            "validation_roc_auc": None}
+PROVISIONAL_THRESHOLD = 1.0
+DEFAULT_SHUFFLE_BUFFER = 16_384
 
 
 def weights_path(work_directory: str, name: str) -> str:
@@ -38,48 +31,80 @@ def weights_path(work_directory: str, name: str) -> str:
     return files.join(work_directory, "candidates", f"{name}.weights.h5")
 
 
-class TrainCandidate(beam.DoFn):
-    """Trains one candidate on normalised training normals and scores it on the validation split."""
+def detector_directory(work_directory: str, name: str) -> str:
+    """Where candidate ``name``'s provisional detector (SavedModel and card) is exported during a run."""
+    return files.join(work_directory, "candidates", name)
 
-    def __init__(self, work_directory: str, transform_directory: str, seed: int, verbose: int, data: str):
+
+def selection(validation_summary, best_validation_loss: float) -> dict:
+    """How candidates are ranked: validation ROC-AUC when both classes are labelled, else -val_loss."""
+    auc = evaluation.selection_roc_auc(validation_summary)
+    if auc is not None:
+        return {"selection_metric": "validation_roc_auc", "selection_score": auc, "validation_roc_auc": auc}
+    return {"selection_metric": "negative_validation_loss", "selection_score": -best_validation_loss,
+            "validation_roc_auc": None}
+
+
+def rank(item: dict, validation_summary) -> dict:
+    """A trained candidate with its validation summary and selection score."""
+    return {**item, "validation_summary": validation_summary,
+            **selection(validation_summary, item["best_validation_loss"])}
+
+
+class TrainCandidate(beam.DoFn):
+    """Trains one candidate from the train/validation shards and exports its provisional detector."""
+
+    def __init__(self, work_directory: str, transform_directory: str, seed: int, verbose: int, data: str,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
         self.work_directory = work_directory
         self.transform_directory = transform_directory
         self.seed = seed
         self.verbose = verbose
         self.data = data
+        self.shuffle_buffer = shuffle_buffer
 
     def setup(self):
         self.trained = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "candidates_trained")
 
-    def process(self, candidate_dict, train_rows, validation_rows, validation_records, transform_ready):
-        from models.detection.detector import DetectorModule
+    def process(self, candidate_dict, train_files, validation_files, train_beats, validation_beats, transform_ready):
+        from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
         from models.training.fit import train_autoencoder
+        from pipeline.beat_files import training_dataset
         from pipeline.transform import TransformGraph
 
         config = CandidateConfig.from_dict(candidate_dict)
-        if not train_rows:
+        if not train_beats:
             raise ValueError(f"no valid normal training rows in {self.data!r}: the train split needs normal "
                              "(or unlabelled) beats; see the errors output for rejected rows")
-        LOGGER.info("training candidate %s (%s) on %d normal beats, validating on %d", config.name, config.model,
-                    len(train_rows), len(validation_rows))
+        if not validation_beats:
+            raise ValueError(f"no normal validation beats in {self.data!r}: keeping the best weights and early "
+                             "stopping need held-out normal (or unlabelled) beats; use more data or a larger "
+                             "--validation_fraction")
+        LOGGER.info("training candidate %s (%s) on %d normal beats from %d shards, validating on %d", config.name,
+                    config.model, train_beats, len(train_files), validation_beats)
+        transform = TransformGraph(self.transform_directory)
+        batch_size = config.fit_settings().batch_size
+        train = training_dataset(train_files, transform, train_beats, batch_size, self.shuffle_buffer, self.seed)
+        validation = training_dataset(validation_files, transform, validation_beats, batch_size)
         path = weights_path(self.work_directory, config.name)
         files.make_directories(files.dirname(path))
-        result = train_autoencoder(config, stack(train_rows, NORMALIZED_BEAT_KEY),
-                                   stack(validation_rows, NORMALIZED_BEAT_KEY), seed=self.seed,
-                                   checkpoint_path=path, verbose=self.verbose)
-        result.model.save_weights(path)
-        detector = DetectorModule(TransformGraph(self.transform_directory), result.model)
-        scores = detector.score(stack(validation_records, BEAT_KEY))["anomaly_score"]
+        result = train_autoencoder(config, train, validation, seed=self.seed, verbose=self.verbose)
+        result.model.save_weights(path)  # once: TensorFlow's ram:// appends to a file written again
+        directory = detector_directory(self.work_directory, config.name)
+        DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD).save(
+            files.join(directory, SAVED_MODEL_DIRECTORY))
+        artifacts.write_card(directory, {"name": f"provisional detector of candidate {config.name}",
+                                         "threshold": {"value": PROVISIONAL_THRESHOLD, "method": "provisional"}})
         self.trained.inc()
         yield {
             "candidate": config.to_dict(),
             "weights_path": path,
+            "detector_directory": directory,
             "history": result.history,
             "best_validation_loss": result.best_validation_loss,
             "epochs_run": result.epochs_run,
             "training_seconds": result.seconds,
             "parameter_count": result.parameter_count,
-            **validation_selection_score(labels(validation_records), scores, result.best_validation_loss),
         }
 
 

@@ -1,14 +1,21 @@
-"""The ECG jobs' shared Beam steps: read a dataset's rows, validate them, split them, stack them.
+"""The ECG jobs' shared Beam steps: read a dataset's rows in parallel, validate them, split them.
 
-``heartwatch train`` and ``heartwatch score`` both start with ``ReadValidRows``: one element per
-dataset spec, read by a worker (``ReadRows``, through Beam's ``FileSystems``), then validated row by
-row (``ValidateRows``): good rows become beat records, bad rows go to the ``errors`` output with
-their row number and reason. ``AssignSplits`` adds the seeded, stratified ``split`` field the
-training job partitions on (``pipeline.splits``).
+``heartwatch train`` and ``heartwatch score`` both start with ``ReadValidRows``. The dataset is cut
+into read tasks (``models.ecg.shards``): the files a pattern matches (``FileSystems.match``), cut into
+byte ranges (line formats), row groups (parquet) or generated shards (synthetic). Tasks are spread
+over workers with a ``Reshuffle`` (only the small task descriptions move), so many shards, and large
+text files, are read by many workers at once. Line numbers of split text files come from a first,
+cheap pass that counts the newlines of every range (a side input of one count per range). Every row
+is then validated (``ValidateRows``): good rows become beat records, bad rows go to the ``errors``
+output with their file, row number and reason. ``AssignSplits`` adds the ``split`` field and the
+beat's hash ``sample_key`` (``pipeline.splits``), one record at a time: nothing groups a class.
+Every file is opened through Beam's ``FileSystems``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 
 import apache_beam as beam
@@ -23,12 +30,16 @@ from models.ecg import (
     ROW_NUMBER_KEY,
     SOURCE_CLASS_KEY,
     SOURCE_KEY,
+    shards,
     sources,
 )
+from models.ecg.download import TF_ECG_ALIAS, is_http_url
 from pipeline import splits
 
 METRICS_NAMESPACE = "heartwatch"
 SPLIT_KEY = "split"
+SAMPLE_KEY = "sample_key"
+HASH_CHUNK_BYTES = 1 << 20
 
 
 def open_with_beam_filesystems(path: str, mode: str = "r"):
@@ -37,15 +48,96 @@ def open_with_beam_filesystems(path: str, mode: str = "r"):
     return stream if "b" in mode else io.TextIOWrapper(stream, encoding="utf-8", newline="")
 
 
-class ReadRows(beam.DoFn):
-    """Reads one dataset's raw rows (row number, values, label text); the worker opens the file."""
+def match_with_beam_filesystems(pattern: str) -> list[str]:
+    """The files a glob pattern matches, through Beam's ``FileSystems`` (sorted)."""
+    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
 
-    def process(self, spec: sources.DatasetSpec):
-        yield from sources.iter_raw_rows(spec, open_fn=open_with_beam_filesystems)
+
+def resolve_spec(spec: sources.DatasetSpec) -> sources.DatasetSpec:
+    """``spec`` with its format pinned, detected through Beam's filesystems (the driver does this once)."""
+    return sources.with_resolved_format(spec, open_with_beam_filesystems, match_with_beam_filesystems)
+
+
+def readable_path(path: str, cache_dir: str | None) -> str:
+    """What a worker opens for ``path``: the path itself, or for a URL its download in this worker's cache."""
+    return sources.resolve_path(path, cache_dir)
+
+
+def file_sha256(path: str, cache_dir: str | None = None) -> tuple[str, str]:
+    """``(path, hex SHA-256 of its bytes)``, read through Beam's ``FileSystems`` (a URL: its download)."""
+    digest = hashlib.sha256()
+    with FileSystems.open(readable_path(path, cache_dir)) as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return path, digest.hexdigest()
+
+
+def combined_sha256(digests) -> str | None:
+    """The data fingerprint of a model card: one file's own SHA-256, or the SHA-256 of every file's
+    ``path:digest`` line (sorted) for a pattern; None for generated data."""
+    digests = sorted(digests)
+    if not digests:
+        return None
+    if len(digests) == 1:
+        return digests[0][1]
+    return hashlib.sha256("".join(f"{path}:{digest}\n" for path, digest in digests).encode()).hexdigest()
+
+
+class PlanTasks(beam.DoFn):
+    """One file -> its read tasks (parquet footers are read here, on a worker).
+
+    A URL is one whole-file task: each worker that reads it downloads it into its own cache.
+    """
+
+    def __init__(self, spec: sources.DatasetSpec, block_bytes: int):
+        self.spec = spec
+        self.block_bytes = block_bytes
+
+    def process(self, path: str):
+        spec = self.spec
+        if is_http_url(path) or path == TF_ECG_ALIAS:
+            yield shards.ReadTask(source=path, location=path, data_format=spec.format, part=shards.FILE,
+                                  label_column=spec.label_column, feature_columns=spec.feature_columns)
+            return
+        matched = FileSystems.match([path])[0].metadata_list
+        if not matched:
+            raise FileNotFoundError(f"data file not found: {path}")
+        size = matched[0].size_in_bytes
+        yield from shards.plan_file(path, path, size, spec.format, open_with_beam_filesystems, self.block_bytes,
+                                    spec.label_column, spec.feature_columns)
+
+
+def count_task_newlines(task: shards.ReadTask):
+    """``((file, task index), newlines)`` of a ``lines`` task (the numbering pass)."""
+    return (task.file_key, task.index), shards.count_newlines(task, open_with_beam_filesystems)
+
+
+def number_task(task: shards.ReadTask, newline_counts: dict) -> shards.ReadTask:
+    """The task with its first line number, from the newline counts of the ranges before it in its file."""
+    if task.part != shards.LINES:
+        return task
+    return shards.number_task(task, sum(newline_counts[(task.file_key, index)] for index in range(task.index)))
+
+
+class ReadTaskRows(beam.DoFn):
+    """One read task -> its raw rows as ``(source, row_number, values, label_text)``; the worker opens the file."""
+
+    def __init__(self, cache_dir: str | None = None):
+        self.cache_dir = cache_dir
+
+    def setup(self):
+        self.tasks_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read_tasks")
+
+    def process(self, task: shards.ReadTask):
+        self.tasks_read.inc()
+        task = dataclasses.replace(task, location=readable_path(task.location, self.cache_dir))
+        for row_number, values, label_text in shards.task_rows(task, open_with_beam_filesystems):
+            yield task.source, row_number, values, label_text
 
 
 class ValidateRows(beam.DoFn):
-    """Turns raw rows into beat records; bad rows go to the ``errors`` output with their reason."""
+    """Turns raw ``(source, row_number, values, label_text)`` rows into beat records; bad rows go to the
+    ``errors`` output with their source, row number and reason."""
 
     ERRORS = "errors"
 
@@ -55,10 +147,14 @@ class ValidateRows(beam.DoFn):
     def setup(self):
         self.valid_rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "valid_rows")
         self.bad_rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "bad_rows")
+        self.specs = {}
 
     def process(self, raw_row):
-        row_number, values, label_text = raw_row
-        record, error = sources.validate_row(row_number, values, label_text, self.spec)
+        source, row_number, values, label_text = raw_row
+        spec = self.specs.get(source)
+        if spec is None:
+            spec = self.specs[source] = sources.file_spec(self.spec, source)
+        record, error = sources.validate_row(row_number, values, label_text, spec)
         if error is not None:
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput(self.ERRORS, error)
@@ -70,45 +166,53 @@ class ValidateRows(beam.DoFn):
 class ReadValidRows(beam.PTransform):
     """Dataset spec -> ``(records, errors)``: valid beat records and the bad rows with their reasons.
 
-    ``spread`` reshuffles the rows before validation so that the work after it fans out over workers.
+    ``block_bytes`` is the byte range of one read task in split text files. ``digests``, after
+    expansion, is the PCollection of ``(path, sha256)`` of every file read (empty for synthetic data).
     """
 
-    def __init__(self, spec: sources.DatasetSpec, spread: bool = False):
+    def __init__(self, spec: sources.DatasetSpec, block_bytes: int = shards.TEXT_BLOCK_BYTES):
         super().__init__()
+        if spec.format == "auto":
+            raise ValueError("ReadValidRows needs a spec with its format pinned (see resolve_spec)")
         self.spec = spec
-        self.spread = spread
+        self.block_bytes = block_bytes
+        self.digests = None
 
     def expand(self, pipeline):
-        rows = (pipeline
-                | "Dataset" >> beam.Create([self.spec])
-                | "ReadRows" >> beam.ParDo(ReadRows()))
-        if self.spread:
-            rows = rows | "Spread" >> beam.Reshuffle()
+        if self.spec.format == "synthetic":
+            tasks = pipeline | "SyntheticShards" >> beam.Create(shards.plan_synthetic(self.spec.path))
+            self.digests = pipeline | "NoFiles" >> beam.Create([])
+        else:
+            matched = sources.match_files(self.spec.path, match_with_beam_filesystems)
+            spread = pipeline | "Files" >> beam.Create(matched) | "SpreadFiles" >> beam.Reshuffle()
+            self.digests = spread | "Fingerprint" >> beam.Map(file_sha256, self.spec.cache_dir)
+            tasks = spread | "PlanTasks" >> beam.ParDo(PlanTasks(self.spec, self.block_bytes))
+        tasks = tasks | "SpreadTasks" >> beam.Reshuffle()
+        newline_counts = (tasks | "LineTasks" >> beam.Filter(lambda task: task.part == shards.LINES)
+                          | "CountNewlines" >> beam.Map(count_task_newlines))
+        rows = (tasks
+                | "NumberLines" >> beam.Map(number_task, newline_counts=beam.pvalue.AsDict(newline_counts))
+                | "ReadTasks" >> beam.ParDo(ReadTaskRows(self.spec.cache_dir)))
         validated = rows | "Validate" >> beam.ParDo(ValidateRows(self.spec)).with_outputs(ValidateRows.ERRORS,
                                                                                            main="records")
         return validated.records, validated[ValidateRows.ERRORS]
 
 
-def _assign_stratum(keyed_group, config: splits.SplitConfig):
-    _, group = keyed_group
-    group = list(group)
-    keys = [splits.split_key(config.seed, record[SOURCE_KEY], record[ROW_NUMBER_KEY]) for record in group]
-    for record, split_name in zip(group, splits.stratum_assignments(keys, config)):
-        yield {**record, SPLIT_KEY: split_name}
+def with_split(record: dict, config: splits.SplitConfig) -> dict:
+    """The record with its ``split`` and ``sample_key`` (the beat's hash; see ``pipeline.splits``)."""
+    name, key = splits.split_of(config, record[SOURCE_KEY], record[ROW_NUMBER_KEY], record[SOURCE_CLASS_KEY])
+    return {**record, SPLIT_KEY: name, SAMPLE_KEY: key}
 
 
 class AssignSplits(beam.PTransform):
-    """Adds a ``split`` field: seeded, stratified by source class (see ``pipeline.splits``)."""
+    """Adds ``split`` and ``sample_key`` to every record, each on its own: seeded, stratified by class hashing."""
 
     def __init__(self, config: splits.SplitConfig):
         super().__init__()
         self.config = config
 
     def expand(self, records):
-        return (records
-                | "KeyByClass" >> beam.Map(lambda record: (record[SOURCE_CLASS_KEY], record))
-                | "GroupByClass" >> beam.GroupByKey()
-                | "AssignWithinClass" >> beam.FlatMap(_assign_stratum, self.config))
+        return records | "AssignSplit" >> beam.Map(with_split, self.config)
 
 
 def is_training_normal(record) -> bool:
@@ -131,3 +235,8 @@ def stack(records, key: str) -> np.ndarray:
 def labels(records) -> np.ndarray:
     """The records' ``is_anomaly`` labels (0 normal, 1 anomaly, or the unknown marker)."""
     return np.asarray([record[IS_ANOMALY_KEY] for record in records], dtype=np.int64)
+
+
+def error_sort_key(error: dict) -> tuple:
+    """Bad rows are written sorted by file, then row number."""
+    return str(error.get("source", "")), int(error["row_number"])

@@ -1,11 +1,14 @@
-"""Calibrate, evaluate and export the selected candidate: the last step of `heartwatch train`.
+"""Calibrate, export, evaluate and describe the selected candidate: the last steps of `heartwatch train`.
 
-``ExportDetector`` rebuilds the best candidate from its weights, wraps it with the analysed
-normalisation in a ``DetectorModule``, calibrates the threshold on the validation split's
-``anomaly_score`` (the model's own score), evaluates the test split with the module's own outputs
-(its ``is_anomaly`` decides what is flagged), and writes the version into the staging directory
-through the file layer: the SavedModel, ``test_scores.npz``, ``metrics.json``, the report and the
-model card (without a version number: ``ArtifactRoot.publish`` gives it one).
+``ExportDetector`` calibrates the threshold from the best candidate's validation summary (its own
+``anomaly_score`` s, scored by its provisional detector with ``RunInference``), rebuilds the model from
+its weights, wraps it with the analysed normalisation in a ``DetectorModule`` that owns the calibrated
+threshold, and writes the SavedModel and a first model card into the staging directory, so that the
+test split can be scored with the exported detector itself. ``FinishVersion`` then turns the test
+split's aggregates (score summary, flagged beats per class) and its bounded sample into the test
+metrics, ``test_scores.npz`` (the sampled test beats' scores), ``metrics.json``, the report and the
+final model card (without a version number: ``ArtifactRoot.publish`` gives it one). Everything goes
+through the file layer.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import apache_beam as beam
 import numpy as np
 
 from models.common import artifacts, files
-from models.detection import metrics, thresholds
-from models.ecg import BEAT_KEY, BEAT_LENGTH, ROW_NUMBER_KEY, SOURCE_CLASS_KEY
+from models.ecg import BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_KEY
 from models.training.candidates import CandidateConfig
+from pipeline import evaluation
 from pipeline.ecg_candidates import candidate_summary
-from pipeline.ecg_steps import labels, stack
+from pipeline.ecg_steps import combined_sha256
 
 LOGGER = logging.getLogger(__name__)
-# Test-split scores as computed at training time, to check that reloaded exports agree.
+# Test-split scores as computed at training time (a bounded sample), to check that reloaded exports agree.
 TEST_SCORES_FILE = "test_scores.npz"
 METRICS_FILE = "metrics.json"
 ERRORS_FILE = "bad_rows.jsonl"
@@ -34,24 +37,14 @@ REPORT_PAGE = "index.html"
 WORK_DIRECTORY = "work"
 
 
-def evaluate(test_labels: np.ndarray, scores: dict, source_classes) -> dict | None:
-    """Test metrics (anomaly positive) from the detector's outputs; None without labelled test beats.
-
-    Ranking metrics use ``anomaly_score``; what counts as flagged is the detector's decision at its
-    own (float32) threshold, so the metrics describe exactly what the SavedModel serves.
-    """
-    if test_labels.size == 0 or not np.isin(test_labels, (0, 1)).all():
-        return None
-    result = metrics.classification_metrics(test_labels, scores["anomaly_score"], float(scores["threshold"][0]))
-    result["detection_rate_by_class"] = metrics.detection_rate_by_class(source_classes, scores["is_anomaly"])
-    return result
-
-
-def scores_archive_bytes(row_numbers: np.ndarray, scores: dict) -> bytes:
-    """``test_scores.npz`` content: row numbers with the test split's anomaly scores and errors."""
+def scores_archive_bytes(rows: list[dict]) -> bytes:
+    """``test_scores.npz`` content: source, row number, anomaly score and error of the sampled test beats."""
+    rows = sorted(rows, key=lambda row: (row[SOURCE_KEY], row[ROW_NUMBER_KEY]))
     buffer = io.BytesIO()
-    np.savez(buffer, row_number=np.asarray(row_numbers, dtype=np.int64), anomaly_score=scores["anomaly_score"],
-             reconstruction_error=scores["reconstruction_error"])
+    np.savez(buffer, source=np.asarray([row[SOURCE_KEY] for row in rows], dtype=str),
+             row_number=np.asarray([row[ROW_NUMBER_KEY] for row in rows], dtype=np.int64),
+             anomaly_score=np.asarray([row["anomaly_score"] for row in rows], dtype=np.float32),
+             reconstruction_error=np.asarray([row["reconstruction_error"] for row in rows], dtype=np.float32))
     return buffer.getvalue()
 
 
@@ -64,84 +57,118 @@ def format_metrics(values: dict) -> str:
     return "\n".join(lines)
 
 
-class ExportDetector(beam.DoFn):
-    """Calibrates, evaluates and writes the best candidate into the staging directory; yields its card.
+def rebuild_model(best: dict):
+    """The selected candidate's autoencoder with its best weights."""
+    from models.family import registry
 
-    ``config`` is the job's ``TrainConfig``.
+    candidate = CandidateConfig.from_dict(best["candidate"])
+    model = registry.build(candidate.model, candidate.parameters)
+    model(np.zeros((1, BEAT_LENGTH), np.float32))
+    model.load_weights(best["weights_path"])
+    return model
+
+
+def model_card(config, best: dict, threshold: dict, test_metrics, summaries: list, data: dict,
+               statistics: dict) -> dict:
+    """The model card without its version number (``ArtifactRoot.publish`` adds it); ``config`` is the TrainConfig."""
+    from models.detection.detector import OUTPUT_KEYS
+
+    return {
+        "name": "heartwatch ECG detector",
+        "created": artifacts.utc_now(),
+        "signature": {"input": f"beats float32 [batch, {BEAT_LENGTH}] raw (un-normalised)",
+                      "outputs": list(OUTPUT_KEYS),
+                      "anomaly_score": "the model's own score (Autoencoder.scores), in normalised space",
+                      "error": "mean absolute reconstruction error in normalised space",
+                      "rule": "is_anomaly = anomaly_score > threshold"},
+        "data": {"source": config.data, "format": config.dataset_spec().resolved_format(), **data,
+                 "split": dataclasses.asdict(config.split_config())},
+        "normalization": statistics,
+        "model": {**best["candidate"], "parameter_count": best["parameter_count"],
+                  "epochs_run": best["epochs_run"], "best_validation_loss": best["best_validation_loss"],
+                  "selection_metric": best["selection_metric"], "selection_score": best["selection_score"]},
+        "candidates": summaries,
+        "threshold": threshold,
+        "test_metrics": test_metrics,
+        "libraries": artifacts.library_versions(),
+    }
+
+
+def data_summary(split_counts: dict, class_split_counts: list, bad_row_count: int, digests: list) -> dict:
+    """The card's data section: actual counts per split (and per split and class), bad rows, fingerprint."""
+    by_class = {}
+    for (split_name, source_class), count in sorted(class_split_counts):
+        by_class.setdefault(split_name, {})[source_class] = int(count)
+    return {"sha256": combined_sha256(digests), "valid_rows": int(sum(split_counts.values())),
+            "bad_rows": int(bad_row_count), "rows_by_split": {name: int(count) for name, count in
+                                                              sorted(split_counts.items())},
+            "rows_by_split_and_class": by_class, "files": len(digests)}
+
+
+class ExportDetector(beam.DoFn):
+    """Calibrates the best candidate's threshold and writes its detector into the staging directory.
+
+    ``config`` is the job's ``TrainConfig``. Yields the best candidate with its ``threshold`` (a dict).
     """
 
-    def __init__(self, config, staging_directory: str, transform_directory: str, data_sha256: str | None):
+    def __init__(self, config, staging_directory: str, transform_directory: str):
         self.config = config
         self.staging_directory = staging_directory
         self.transform_directory = transform_directory
-        self.data_sha256 = data_sha256
 
-    def process(self, best, validation_records, test_records, candidates, split_counts, bad_row_count,
-                transform_ready):
+    def process(self, best, transform_ready):
         from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
-        from models.family import registry
+        from pipeline.transform import TransformGraph
+
+        threshold = evaluation.calibrate(best["validation_summary"], self.config.threshold_config())
+        LOGGER.info("threshold %.6f by %s (candidate %s)", threshold.value, threshold.method,
+                    best["candidate"]["name"])
+        detector = DetectorModule(TransformGraph(self.transform_directory), rebuild_model(best), threshold.value)
+        detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
+        artifacts.write_card(self.staging_directory, {"name": "heartwatch ECG detector (being evaluated)",
+                                                      "threshold": threshold.to_dict()})
+        yield {**{key: value for key, value in best.items() if key != "validation_summary"},
+               "threshold": threshold.to_dict()}
+
+
+class FinishVersion(beam.DoFn):
+    """Test metrics, ``test_scores.npz``, ``metrics.json``, the report and the final card; yields the card."""
+
+    def __init__(self, config, staging_directory: str, transform_directory: str):
+        self.config = config
+        self.staging_directory = staging_directory
+        self.transform_directory = transform_directory
+
+    def process(self, exported, test_summary, flag_counts, test_sample, candidates, split_counts,
+                class_split_counts, bad_row_count, digests):
         from pipeline import report
         from pipeline.transform import TransformGraph, affine_statistics
 
         config = self.config
-        candidate = CandidateConfig.from_dict(best["candidate"])
-        model = registry.build(candidate.model, candidate.parameters)
-        model(np.zeros((1, BEAT_LENGTH), np.float32))
-        model.load_weights(best["weights_path"])
-        transform = TransformGraph(self.transform_directory)
-        detector = DetectorModule(transform, model)
-
-        validation_scores = detector.score(stack(validation_records, BEAT_KEY))["anomaly_score"]
-        threshold = thresholds.calibrate(config.threshold_config(), validation_scores, labels(validation_records))
-        detector.set_threshold(threshold.value)
-        LOGGER.info("threshold %.6f by %s", threshold.value, threshold.method)
-
-        test_beats, test_labels = stack(test_records, BEAT_KEY), labels(test_records)
-        test_scores = detector.score(test_beats)
-        test_metrics = evaluate(test_labels, test_scores, [record[SOURCE_CLASS_KEY] for record in test_records])
-
-        detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
-        row_numbers = np.asarray([record[ROW_NUMBER_KEY] for record in test_records], dtype=np.int64)
-        files.write_bytes(files.join(self.staging_directory, TEST_SCORES_FILE), scores_archive_bytes(row_numbers,
-                                                                                                  test_scores))
+        threshold = exported["threshold"]
+        served_threshold = float(np.float32(threshold["value"]))
+        test_metrics = evaluation.classification(test_summary, served_threshold)
+        if test_metrics is not None:
+            test_metrics["detection_rate_by_class"] = evaluation.detection_rates(flag_counts)
         summaries = [candidate_summary(item) for item in candidates]
+        files.write_bytes(files.join(self.staging_directory, TEST_SCORES_FILE), scores_archive_bytes(test_sample))
         files.write_json(files.join(self.staging_directory, METRICS_FILE),
-                         {"test": test_metrics, "threshold": threshold.to_dict(), "candidates": summaries})
-        card = self.model_card(best, threshold, test_metrics, summaries, split_counts, bad_row_count,
-                               affine_statistics(transform, config.normalization))
+                         {"test": test_metrics, "threshold": threshold, "candidates": summaries})
+        transform = TransformGraph(self.transform_directory)
+        card = model_card(config, exported, threshold, test_metrics, summaries,
+                          data_summary(split_counts, class_split_counts, bad_row_count, digests),
+                          affine_statistics(transform, config.normalization))
         if config.report:
+            model = rebuild_model(exported)
+            sample = sorted(test_sample, key=lambda row: (row[SOURCE_KEY], row[ROW_NUMBER_KEY]))
             report.write_report(
-                files.join(self.staging_directory, REPORT_DIRECTORY), card=card, history=best["history"],
-                test_beats=test_beats, test_labels=test_labels, test_scores=test_scores,
+                files.join(self.staging_directory, REPORT_DIRECTORY), card=card, history=exported["history"],
+                test_beats=np.stack([row[BEAT_KEY] for row in sample]) if sample else np.zeros((0, BEAT_LENGTH)),
+                test_labels=np.asarray([row[IS_ANOMALY_KEY] for row in sample], dtype=np.int64),
+                test_scores={"anomaly_score": np.asarray([row["anomaly_score"] for row in sample], np.float32)},
                 normalize=lambda beats: transform(beats).numpy(),
-                reconstruct=lambda inputs: model(inputs, training=False).numpy())
+                reconstruct=lambda inputs: model(inputs, training=False).numpy(),
+                test_beat_count=test_summary.count())
         artifacts.write_card(self.staging_directory, card)
         LOGGER.info("exported the detector into %s", self.staging_directory)
         yield card
-
-    def model_card(self, best, threshold, test_metrics, summaries, split_counts, bad_row_count, statistics) -> dict:
-        """The model card without its version number (``ArtifactRoot.publish`` adds it)."""
-        from models.detection.detector import OUTPUT_KEYS
-
-        config = self.config
-        return {
-            "name": "heartwatch ECG detector",
-            "created": artifacts.utc_now(),
-            "signature": {"input": f"beats float32 [batch, {BEAT_LENGTH}] raw (un-normalised)",
-                          "outputs": list(OUTPUT_KEYS),
-                          "anomaly_score": "the model's own score (Autoencoder.scores), in normalised space",
-                          "error": "mean absolute reconstruction error in normalised space",
-                          "rule": "is_anomaly = anomaly_score > threshold"},
-            "data": {"source": config.data, "format": config.dataset_spec().resolved_format(),
-                     "sha256": self.data_sha256, "valid_rows": int(sum(split_counts.values())),
-                     "bad_rows": int(bad_row_count), "rows_by_split": dict(sorted(split_counts.items())),
-                     "split": dataclasses.asdict(config.split_config())},
-            "normalization": statistics,
-            "model": {**best["candidate"], "parameter_count": best["parameter_count"],
-                      "epochs_run": best["epochs_run"], "best_validation_loss": best["best_validation_loss"],
-                      "selection_metric": best["selection_metric"], "selection_score": best["selection_score"]},
-            "candidates": summaries,
-            "threshold": threshold.to_dict(),
-            "test_metrics": test_metrics,
-            "libraries": artifacts.library_versions(),
-        }

@@ -2,7 +2,9 @@
 
 Plots: training/validation loss, test anomaly-score histograms (normal vs abnormal) with the threshold line,
 example inputs against their reconstructions with the error filled between, and ROC / PR curves
-of the anomaly score. Everything is written through the file layer (``models.common.files``), so the
+of the anomaly score. The test plots come from a bounded sample of the test split (every test beat
+when the split is small; the page says how many of how many), the metrics tables from the whole
+split's aggregates (the model card). Everything is written through the file layer (``models.common.files``), so the
 report can go to any scheme the export goes to.
 """
 
@@ -120,10 +122,12 @@ def _metrics_rows(test_metrics: dict | None) -> str:
 
 
 def write_report(directory: str, card: dict, history: dict, test_beats: np.ndarray, test_labels: np.ndarray,
-                 test_scores: dict, normalize, reconstruct) -> str:
+                 test_scores: dict, normalize, reconstruct, test_beat_count: int | None = None) -> str:
     """Writes the plots and ``index.html`` through the file layer; returns the page's path.
 
-    ``card`` is the model card without its version number (the version is published afterwards).
+    ``card`` is the model card without its version number (the version is published afterwards);
+    ``test_beats``, ``test_labels`` and ``test_scores`` are the plotted (sampled) test beats, of
+    ``test_beat_count`` in the split (default: as many as given).
     """
     scores = np.asarray(test_scores["anomaly_score"])
     threshold = float(card["threshold"]["value"])
@@ -141,7 +145,8 @@ def write_report(directory: str, card: dict, history: dict, test_beats: np.ndarr
     body = (f"<h1>heartwatch ECG detector, trained {html.escape(str(card['created']))}</h1>"
             f"<p>Data: {html.escape(str(card['data']['source']))}; {card['data']['valid_rows']} valid rows, "
             f"{card['data']['bad_rows']} bad rows. Model: {html.escape(card['model']['name'])}. "
-            f"Threshold {threshold:.6f} ({html.escape(card['threshold']['method'])}).</p>"
+            f"Threshold {threshold:.6f} ({html.escape(card['threshold']['method'])}). Test plots: "
+            f"{scores.size} of {scores.size if test_beat_count is None else test_beat_count} test beats.</p>"
             f"<h2>Candidates</h2><table><tr><th>name</th><th>selection metric</th><th>score</th><th>epochs</th>"
             f"<th>seconds</th><th>parameters</th></tr>{candidates}</table>"
             + _metrics_rows(card.get("test_metrics"))

@@ -6,6 +6,12 @@ after the job's own flags (``--runner`` and friends). Without ``--runner`` the i
 ``FnApiRunner`` runs the job, which works offline. Importing this module registers the ``ram://``
 scheme with Beam (``pipeline.filesystems``), so every job's Beam IOs and its TensorFlow artefacts see
 the same files.
+
+Runners (``docs/pipeline.md``): the default, ``--direct_running_mode=multi_processing
+--direct_num_workers=N`` and ``--runner PortableRunner`` against Beam's job service with an external
+worker pool are tested; Flink, Spark and Dataflow take their usual flags (with ``--setup_file
+./setup.py``) but are not exercised here. ``DaskRunner`` is refused (``check_runner``): it re-runs
+tensorflow-transform's analyzers and gets their counts wrong.
 """
 
 from __future__ import annotations
@@ -16,11 +22,24 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import filesystems  # noqa: F401  (registers ram:// with Beam's FileSystems)
 
 DEFAULT_RUNNER = "FnApiRunner"
+REFUSED_RUNNERS = {"daskrunner": "DaskRunner re-runs tensorflow-transform's analyzers and gets their counts "
+                                 "wrong; use the default runner, --direct_running_mode=multi_processing, or a "
+                                 "portable runner (PortableRunner, FlinkRunner, SparkRunner)"}
+
+
+def check_runner(options: PipelineOptions) -> None:
+    """Refuses runners the jobs are known to break on (``ValueError`` naming the reason)."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__ if runner is not None else ""
+    reason = REFUSED_RUNNERS.get(name.rsplit(".", 1)[-1].lower())
+    if reason:
+        raise ValueError(f"--runner {name} is not supported: {reason}")
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     """Beam options from the remaining flags, defaulting to the offline in-process runner."""
     options = PipelineOptions(beam_args)
+    check_runner(options)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
@@ -30,5 +49,6 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
 def job_pipeline(beam_args: list[str], test_pipeline=None) -> beam.Pipeline:
     """``test_pipeline`` when given (its own options apply), else a new pipeline from ``beam_args``."""
     if test_pipeline is not None:
+        check_runner(test_pipeline.options)
         return test_pipeline
     return beam.Pipeline(options=pipeline_options(beam_args))

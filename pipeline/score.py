@@ -1,12 +1,16 @@
 """`heartwatch score`: batch scoring of any supported dataset with an exported detector (Beam job).
 
-Output CSV, one row per valid beat: ``index`` (the row number in the input), ``reconstruction_error``,
-``threshold``, ``is_anomaly`` (0/1, the detector's own decision) and, when the input is labelled,
-``label`` (1 = anomaly) and ``source_class``. Bad rows go to ``<out>.errors.jsonl`` with their reason.
-Scoring goes through Beam's ``RunInference`` with a ``ModelHandler`` that loads the detector with
-``load_detector`` and delegates to ``Detector.score``. For labelled inputs the job also computes the
-detection metrics from the detector's ``anomaly_score`` and ``is_anomaly`` (printed, not written to
-the CSV). Every output goes through Beam's IOs, so ``--out`` may be ``gs://...`` or ``ram://...``.
+Output CSV, one row per valid beat: ``index`` (the row number in its file), ``reconstruction_error``,
+``threshold``, ``is_anomaly`` (0/1, the detector's own decision), ``label`` (1 = anomaly) and
+``source_class`` when the input is labelled, and ``source`` (the row's file: ``--data`` may be a
+pattern). Bad rows go to ``<out>.errors.jsonl`` with their file, row number and reason. The input is
+read in parallel read tasks (``pipeline.ecg_steps.ReadValidRows``); scoring goes through Beam's
+``RunInference`` with a ``ModelHandler`` that loads the detector with ``load_detector`` and delegates
+to ``Detector.score``. For labelled inputs the job also computes the detection metrics from the
+detector's ``anomaly_score`` through a mergeable score summary (``pipeline.evaluation``; nothing
+holds all scores at once). With ``--num_shards 1`` (the default) the scores are one file; ``0``
+lets the runner shard them (``<out>-SSSSS-of-NNNNN``), which keeps memory flat on large inputs.
+Every output goes through Beam's IOs, so ``--out`` may be ``gs://...`` or ``ram://...``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from models.common import files
 from models.common.flags import parse_beam_flags
-from models.detection import metrics
-from models.ecg import BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, UNKNOWN_LABEL, sources
+from models.ecg import ANOMALY, BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, SOURCE_KEY, UNKNOWN_LABEL
+from pipeline import evaluation
 from pipeline.config import ScoreConfig
-from pipeline.ecg_steps import ReadValidRows, open_with_beam_filesystems
+from pipeline.ecg_steps import ReadValidRows, resolve_spec
 from pipeline.export import format_metrics
 from pipeline.runner import job_pipeline
 
 LOGGER = logging.getLogger(__name__)
-CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class")
+CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class", "source")
 # The detector outputs each scored row keeps (``per_sample_error`` is left out: 140 values a beat).
 ROW_OUTPUTS = ("anomaly_score", "reconstruction_error", "threshold", "is_anomaly")
 METRICS_SUFFIX = ".metrics.partial"
@@ -58,37 +62,46 @@ class DetectorModelHandler(ModelHandler):
 
 
 def _keyed_beat(record):
-    return ((record[ROW_NUMBER_KEY], record[IS_ANOMALY_KEY], record[SOURCE_CLASS_KEY]),
+    return ((record[ROW_NUMBER_KEY], record[IS_ANOMALY_KEY], record[SOURCE_CLASS_KEY], record[SOURCE_KEY]),
             np.asarray(record[BEAT_KEY], dtype=np.float32))
 
 
+def _text_field(value: str) -> str:
+    return value.replace(",", " ").replace("\n", " ")
+
+
 def csv_row(keyed_result) -> str:
-    """One output CSV line from ``((row_number, is_anomaly, source_class), PredictionResult)``."""
-    (row_number, is_anomaly, source_class), result = keyed_result
+    """One output CSV line from ``((row_number, is_anomaly, source_class, source), PredictionResult)``."""
+    (row_number, is_anomaly, source_class, source), result = keyed_result
     inference = result.inference
     label = "" if is_anomaly == UNKNOWN_LABEL else str(is_anomaly)
-    source_class = source_class.replace(",", " ")
     return (f"{row_number},{inference['reconstruction_error']:.8g},{inference['threshold']:.8g},"
-            f"{int(inference['is_anomaly'])},{label},{source_class}")
+            f"{int(inference['is_anomaly'])},{label},{_text_field(source_class)},{_text_field(source)}")
 
 
 def _metrics_input(keyed_result) -> tuple:
-    (_, is_anomaly, _), result = keyed_result
-    inference = result.inference
-    return is_anomaly, inference["anomaly_score"], inference["threshold"]
+    (_, is_anomaly, _, _), result = keyed_result
+    return int(is_anomaly), float(result.inference["anomaly_score"])
 
 
-def score_metrics(rows: list) -> dict | None:
-    """Detection metrics of ``(label, anomaly_score, threshold)`` rows; None unless every row is labelled
+def _threshold(keyed_result) -> float:
+    return float(keyed_result[1].inference["threshold"])
+
+
+def score_metrics(summary, threshold: float | None) -> dict | None:
+    """Detection metrics of a score summary at the detector's threshold; None unless every beat is labelled
     and both classes occur. Flagged means ``anomaly_score > threshold`` at the detector's own float32
     threshold, i.e. exactly the detector's ``is_anomaly``."""
-    if not rows:
+    if threshold is None or not evaluation.is_evaluable(summary) or not 0 < summary.count((ANOMALY,)) < summary.count():
         return None
-    labels = np.asarray([row[0] for row in rows], dtype=np.int64)
-    if (labels == UNKNOWN_LABEL).any() or not 0 < int(labels.sum()) < labels.size:
-        return None
-    return metrics.classification_metrics(labels, np.asarray([row[1] for row in rows], dtype=np.float32),
-                                          float(rows[0][2]))
+    return evaluation.classification(summary, threshold)
+
+
+def score_summary(summary, thresholds: list, scored_rows: int, bad_rows: int) -> str:
+    """The job's small result file: counts and metrics as JSON."""
+    threshold = thresholds[0] if thresholds else None
+    return json.dumps({"scored_rows": int(scored_rows), "bad_rows": int(bad_rows),
+                       "metrics": score_metrics(summary, threshold)})
 
 
 @dataclasses.dataclass
@@ -103,13 +116,17 @@ class ScoreResult:
 
 
 def read_scores(path: str) -> dict[str, np.ndarray]:
-    """Reads a score CSV back into arrays sorted by index (for summaries and tests), through the file layer."""
-    lines = files.read_text(path).splitlines()
-    header = lines[0].strip().split(",") if lines else []
-    if header != list(CSV_COLUMNS):
-        raise ValueError(f"{path} is not a heartwatch score file (header {header})")
-    rows = [line.split(",") for line in lines[1:] if line.strip()]
-    rows.sort(key=lambda row: int(row[0]))
+    """Reads a score CSV (or the shards of one) back into arrays sorted by source and index, through the file
+    layer (for summaries and tests: it holds every row in memory)."""
+    paths = [path] if files.exists(path) else files.glob(f"{path}-*-of-*")
+    rows = []
+    for shard in paths or [path]:
+        lines = files.read_text(shard).splitlines()
+        header = lines[0].strip().split(",") if lines else []
+        if header != list(CSV_COLUMNS):
+            raise ValueError(f"{shard} is not a heartwatch score file (header {header})")
+        rows += [line.split(",") for line in lines[1:] if line.strip()]
+    rows.sort(key=lambda row: (row[6], int(row[0])))
     columns = list(zip(*rows)) if rows else [()] * len(CSV_COLUMNS)
     return {
         "index": np.asarray(columns[0], dtype=np.int64),
@@ -118,34 +135,36 @@ def read_scores(path: str) -> dict[str, np.ndarray]:
         "is_anomaly": np.asarray(columns[3], dtype=np.int64),
         "label": np.asarray([int(value) if value else UNKNOWN_LABEL for value in columns[4]], dtype=np.int64),
         "source_class": np.asarray(columns[5], dtype=str),
+        "source": np.asarray(columns[6], dtype=str),
     }
-
-
-def count_lines(path: str) -> int:
-    """Non-empty lines of a text file (the errors output), through the file layer."""
-    return sum(1 for line in files.read_text(path).splitlines() if line.strip())
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, model_directory: str, errors_path: str,
                    metrics_path: str) -> None:
     """Adds the scoring job to ``pipeline``: read -> validate -> RunInference -> CSV, errors and metrics."""
-    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    spec = resolve_spec(config.dataset_spec())
     handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))
     records, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec)
     scored = (records
               | "Key" >> beam.Map(_keyed_beat)
               | "Score" >> RunInference(handler))
+    single = config.num_shards == 1
     _ = (scored
          | "CsvRows" >> beam.Map(csv_row)
-         | "WriteScores" >> beam.io.WriteToText(config.out, shard_name_template="", num_shards=1,
-                                                header=",".join(CSV_COLUMNS)))
+         | "WriteScores" >> beam.io.WriteToText(config.out, shard_name_template="" if single else None,
+                                                num_shards=config.num_shards, header=",".join(CSV_COLUMNS)))
     _ = (errors
          | "ErrorLines" >> beam.Map(json.dumps)
          | "WriteErrors" >> beam.io.WriteToText(errors_path, shard_name_template="", num_shards=1))
-    _ = (scored
-         | "MetricInputs" >> beam.Map(_metrics_input)
-         | "AllScores" >> beam.combiners.ToList()
-         | "Metrics" >> beam.Map(lambda rows: json.dumps(score_metrics(rows)))
+    summary = (scored | "MetricInputs" >> beam.Map(_metrics_input)
+               | "Summarise" >> beam.CombineGlobally(evaluation.summary_fn()))
+    thresholds = (scored | "Thresholds" >> beam.Map(_threshold)
+                  | "OneThreshold" >> beam.combiners.Sample.FixedSizeGlobally(1))
+    scored_rows = scored | "CountScored" >> beam.combiners.Count.Globally()
+    bad_rows = errors | "CountBad" >> beam.combiners.Count.Globally()
+    _ = (summary
+         | "Result" >> beam.Map(score_summary, beam.pvalue.AsSingleton(thresholds),
+                                beam.pvalue.AsSingleton(scored_rows), beam.pvalue.AsSingleton(bad_rows))
          | "WriteMetrics" >> beam.io.WriteToText(metrics_path, shard_name_template="", num_shards=1))
 
 
@@ -162,14 +181,12 @@ def run(argv=None, test_pipeline=None) -> ScoreResult:
     metrics_path = config.out + METRICS_SUFFIX
     with job_pipeline(beam_args, test_pipeline) as pipeline:
         build_pipeline(pipeline, config, model_directory, errors_path, metrics_path)
-    scores = read_scores(config.out)
-    bad_rows = count_lines(errors_path)
-    result_metrics = json.loads(files.read_text(metrics_path))
+    result = json.loads(files.read_text(metrics_path))
     files.remove(metrics_path)
-    LOGGER.info("scored %d beats with %s (%d bad rows) -> %s", scores["index"].size, model_directory, bad_rows,
-                config.out)
-    return ScoreResult(out=config.out, errors_path=errors_path, scored_rows=int(scores["index"].size),
-                       bad_rows=bad_rows, metrics=result_metrics)
+    LOGGER.info("scored %d beats with %s (%d bad rows) -> %s", result["scored_rows"], model_directory,
+                result["bad_rows"], config.out)
+    return ScoreResult(out=config.out, errors_path=errors_path, scored_rows=result["scored_rows"],
+                       bad_rows=result["bad_rows"], metrics=result["metrics"])
 
 
 def report(result: ScoreResult) -> str:

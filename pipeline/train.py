@@ -1,20 +1,29 @@
 """`heartwatch train`: the Beam job that trains, calibrates, evaluates and exports an ECG detector.
 
-Steps: read -> validate (bad rows to an errors file) -> seeded stratified split -> tensorflow-transform
-analyse (training normals) / transform -> train candidate autoencoders (one Beam element each) ->
-keep the best by validation score -> calibrate the threshold -> evaluate on the test split -> export.
+Steps, each a Beam step whose memory does not grow with the data (``docs/pipeline.md``):
 
-This module holds the job's flags (``TrainConfig``), its Beam wiring (``build_pipeline``) and the
-driver (``run``): the version is built in a staging directory of the model root
-(``models.detection.detector.artifact_root(output_dir)``) and published as ``<output_dir>/<version>/``
-(SavedModel on raw beats, model card, metrics, report) once the pipeline has finished. The steps
-live in ``pipeline.ecg_steps`` (read, validate, split), ``pipeline.ecg_candidates`` (training) and
-``pipeline.export`` (calibration, evaluation, export, model card). Every file goes through the file
-layer or Beam's IOs, so ``--output_dir`` may be ``gs://...`` or ``ram://...``.
+1. read -> validate -> split: the dataset is cut into read tasks that workers read in parallel
+   (``pipeline.ecg_steps.ReadValidRows``); bad rows go to an errors file with their file, row and
+   reason; every beat gets its split from its own hash (``pipeline.splits``), nothing groups a class;
+2. in the same pass, every split is written once, raw, as sharded TFRecords under the run's work
+   directory (``pipeline.beat_files``) and tensorflow-transform analyses the training normals;
+3. candidate autoencoders train, one Beam element each, streaming the shards through ``tf.data`` (the
+   TFT graph applied per batch), and export a provisional detector (``pipeline.ecg_candidates``);
+4. each candidate's validation beats are scored by ``RunInference`` with that detector and reduced to
+   a mergeable score summary (``pipeline.evaluation``); the best candidate by that summary wins;
+5. its threshold is calibrated from the summary and the final detector (``DetectorModule``, which owns
+   the threshold) is written; the test beats are scored with it by ``RunInference`` and reduced to a
+   summary, flagged counts per class and a bounded sample (``pipeline.export``);
+6. the driver publishes the staged version as ``<output_dir>/<version>/`` (SavedModel on raw beats,
+   model card, metrics, report).
+
+This module holds the Beam wiring (``build_pipeline``) and the driver (``run``); the flags are
+``pipeline.config.TrainConfig``. Every file goes through the file layer or Beam's IOs, below the
+staging directory of ``--output_dir`` (scratch files in its ``work/``), so ``--output_dir`` may be
+``gs://...`` or ``ram://...`` and workers share nothing but that file system.
 
 The runner comes from standard Beam flags (``--runner``); without one the in-process ``FnApiRunner``
-runs the job, which works offline. Training fits in one worker's memory (Keras is not distributed
-here); reading, validation, splitting and the TFT analysis scale with the runner.
+runs the job, which works offline (``pipeline.runner``, which also refuses ``DaskRunner``).
 """
 
 from __future__ import annotations
@@ -22,25 +31,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 
 import apache_beam as beam
 
 from models.common import artifacts, files
 from models.common.flags import parse_beam_flags
-from models.ecg import sources
-from pipeline import filesystems, splits
+from models.ecg import SOURCE_CLASS_KEY, shards
+from pipeline import evaluation, splits
+from pipeline.beat_files import FILE_SUFFIX, encode_record
 from pipeline.config import TrainConfig
-from pipeline.ecg_candidates import TrainCandidate
+from pipeline.ecg_candidates import TrainCandidate, detector_directory, rank
 from pipeline.ecg_steps import (
     SPLIT_KEY,
     AssignSplits,
     ReadValidRows,
     beat_instance,
+    error_sort_key,
     is_training_normal,
-    open_with_beam_filesystems,
+    resolve_spec,
 )
-from pipeline.export import ERRORS_FILE, REPORT_DIRECTORY, REPORT_PAGE, WORK_DIRECTORY, ExportDetector, format_metrics
+from pipeline.export import (
+    ERRORS_FILE,
+    REPORT_DIRECTORY,
+    REPORT_PAGE,
+    WORK_DIRECTORY,
+    ExportDetector,
+    FinishVersion,
+    format_metrics,
+)
 from pipeline.runner import job_pipeline
 
 LOGGER = logging.getLogger(__name__)
@@ -57,39 +75,63 @@ class TrainResult:
     summary: dict
 
 
-def _data_sha256(spec: sources.DatasetSpec) -> str | None:
-    if spec.resolved_format() == "synthetic":
-        return None
-    return sources.file_sha256(sources.resolve_path(spec.path, spec.cache_dir))
-
-
 def _sorted_error_lines(errors: list) -> list[str]:
-    return [json.dumps(error) for error in sorted(errors, key=lambda error: error["row_number"])]
+    return [json.dumps(error) for error in sorted(errors, key=error_sort_key)]
 
 
-def work_directory_for(staging_directory: str) -> str:
-    """Where a run keeps its scratch files (the TFT graph, candidate weights): inside the staging directory,
-    or a local temporary directory when the output's scheme cannot rename directories (``ram://``)."""
-    if filesystems.renames_directories(staging_directory):
-        return files.join(staging_directory, WORK_DIRECTORY)
-    return tempfile.mkdtemp(prefix="heartwatch-train-")
+def shard_prefix(work_directory: str, split_name: str) -> str:
+    """Where the beats of a split are materialised: ``<work>/beats/<split>/beats-*-of-*.tfrecord``."""
+    return files.join(work_directory, "beats", split_name, "beats")
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directory: str, data_sha256: str | None,
-                   work_directory: str | None = None):
+def _without_summary(item: dict) -> dict:
+    return {key: value for key, value in item.items() if key != "validation_summary"}
+
+
+def _candidate_names(config: TrainConfig) -> list[str]:
+    names = [item.name for item in config.candidate_configs()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--candidates lists a candidate twice: {','.join(names)}")
+    return names
+
+
+def _materialise(split_records, work_directory: str) -> tuple[dict, list]:
+    """Writes every split's raw records as TFRecord shards: ``(written paths by split, records by split)``."""
+    by_split = split_records | "PartitionSplits" >> beam.Partition(
+        lambda record, _: splits.SPLITS.index(record[SPLIT_KEY]), len(splits.SPLITS))
+    written = {}
+    for index, name in enumerate(splits.SPLITS):
+        written[name] = (by_split[index]
+                         | f"Encode {name}" >> beam.Map(encode_record)
+                         | f"Write {name}" >> beam.io.WriteToTFRecord(shard_prefix(work_directory, name),
+                                                                       file_name_suffix=FILE_SUFFIX))
+    return written, by_split
+
+
+def _normal_count(records, label: str):
+    return (records | f"{label} normals" >> beam.Filter(is_training_normal)
+            | f"Count {label} normals" >> beam.combiners.Count.Globally())
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directory: str,
+                   work_directory: str | None = None, block_bytes: int = shards.TEXT_BLOCK_BYTES):
     """Adds the training job to ``pipeline``, writing into ``staging_directory``; returns the model card's PCollection.
 
-    ``work_directory`` holds the scratch files (default: ``work/`` inside the staging directory).
+    ``work_directory`` holds the scratch files (default: ``work/`` inside the staging directory);
+    ``block_bytes`` is the byte range of one read task in split text files.
     """
     import tensorflow_transform.beam as tft_beam
 
-    from pipeline.transform import make_preprocessing_fn, raw_metadata
+    from pipeline.transform import WriteTransform, make_preprocessing_fn, raw_metadata
 
-    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
+    spec = resolve_spec(config.dataset_spec())
     work_directory = work_directory or files.join(staging_directory, WORK_DIRECTORY)
     transform_directory = files.join(work_directory, "transform")
+    names = _candidate_names(config)
 
-    records, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec, spread=True)
+    read = ReadValidRows(spec, block_bytes)
+    records, errors = pipeline | "ReadValidRows" >> read
+    digests = read.digests | "AllDigests" >> beam.combiners.ToList()
     _ = (errors
          | "SortErrors" >> beam.combiners.ToList()
          | "ErrorLines" >> beam.FlatMap(_sorted_error_lines)
@@ -98,43 +140,61 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
     bad_row_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
 
     split_records = records | "Split" >> AssignSplits(config.split_config())
-    by_split = split_records | "PartitionSplits" >> beam.Partition(
-        lambda record, _: splits.SPLITS.index(record[SPLIT_KEY]), len(splits.SPLITS))
-    train, validation, test = (by_split[splits.SPLITS.index(name)] for name in splits.SPLITS)
     split_counts = (split_records | "SplitNames" >> beam.Map(lambda record: record[SPLIT_KEY])
                     | "CountSplits" >> beam.combiners.Count.PerElement())
+    class_split_counts = (split_records
+                          | "SplitClasses" >> beam.Map(lambda record: (record[SPLIT_KEY], record[SOURCE_CLASS_KEY]))
+                          | "CountSplitClasses" >> beam.combiners.Count.PerElement())
+    shard_files, by_split = _materialise(split_records, work_directory)
+    train, validation = (by_split[splits.SPLITS.index(name)] for name in (splits.TRAIN, splits.VALIDATION))
+    train_beats, validation_beats = _normal_count(train, "Train"), _normal_count(validation, "Validation")
 
     with tft_beam.Context(temp_dir=files.join(work_directory, "tft_tmp")):
-        train_normals = (train | "TrainNormals" >> beam.Filter(is_training_normal)
-                         | "TrainInstances" >> beam.Map(beat_instance))
-        validation_normals = (validation | "ValidationNormals" >> beam.Filter(is_training_normal)
-                              | "ValidationInstances" >> beam.Map(beat_instance))
-        (transformed_train, _), transform_fn = (
-            (train_normals, raw_metadata())
-            | "AnalyzeAndTransform" >> tft_beam.AnalyzeAndTransformDataset(
-                make_preprocessing_fn(config.normalization)))
-        transformed_validation, _ = (
-            ((validation_normals, raw_metadata()), transform_fn) | "TransformValidation" >> tft_beam.TransformDataset())
-        transform_ready = transform_fn | "WriteTransform" >> tft_beam.WriteTransformFn(transform_directory)
+        train_instances = (train | "TrainNormals" >> beam.Filter(is_training_normal)
+                           | "TrainInstances" >> beam.Map(beat_instance))
+        transform_fn = ((train_instances, raw_metadata())
+                        | "Analyze" >> tft_beam.AnalyzeDataset(make_preprocessing_fn(config.normalization)))
+        transform_ready = transform_fn | "WriteTransform" >> WriteTransform(transform_directory)
 
-    candidates = (pipeline
-                  | "Candidates" >> beam.Create([item.to_dict() for item in config.candidate_configs()])
-                  | "SpreadCandidates" >> beam.Reshuffle()
-                  | "TrainCandidates" >> beam.ParDo(
-                      TrainCandidate(work_directory, transform_directory, config.seed, config.verbose, config.data),
-                      train_rows=beam.pvalue.AsList(transformed_train),
-                      validation_rows=beam.pvalue.AsList(transformed_validation),
-                      validation_records=beam.pvalue.AsList(validation),
-                      transform_ready=beam.pvalue.AsList(transform_ready)))
-    return (candidates
-            | "Best" >> beam.combiners.Top.Of(1, key=lambda item: item["selection_score"])
-            | "Unwrap" >> beam.FlatMap(lambda top: top)
-            | "Export" >> beam.ParDo(
-                ExportDetector(config, staging_directory, transform_directory, data_sha256),
-                validation_records=beam.pvalue.AsList(validation), test_records=beam.pvalue.AsList(test),
-                candidates=beam.pvalue.AsList(candidates), split_counts=beam.pvalue.AsDict(split_counts),
-                bad_row_count=beam.pvalue.AsSingleton(bad_row_count),
-                transform_ready=beam.pvalue.AsList(transform_ready)))
+    trained = (pipeline
+               | "Candidates" >> beam.Create([item.to_dict() for item in config.candidate_configs()])
+               | "SpreadCandidates" >> beam.Reshuffle()
+               | "TrainCandidates" >> beam.ParDo(
+                   TrainCandidate(work_directory, transform_directory, config.seed, config.verbose, config.data,
+                                  config.shuffle_buffer),
+                   train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
+                   validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
+                   train_beats=beam.pvalue.AsSingleton(train_beats),
+                   validation_beats=beam.pvalue.AsSingleton(validation_beats),
+                   transform_ready=beam.pvalue.AsSingleton(transform_ready)))
+    ranked = []
+    for name in names:
+        one = trained | f"Only {name}" >> beam.Filter(lambda item, name=name: item["candidate"]["name"] == name)
+        scored = one | f"Score validation {name}" >> evaluation.ScoreBeatFiles(
+            detector_directory(work_directory, name), shard_files[splits.VALIDATION])
+        summary = (scored | f"Validation pairs {name}" >> beam.Map(evaluation.score_pair)
+                   | f"Summarise validation {name}" >> beam.CombineGlobally(evaluation.summary_fn()))
+        ranked.append(one | f"Rank {name}" >> beam.Map(rank, beam.pvalue.AsSingleton(summary)))
+    ranked = ranked | "AllCandidates" >> beam.Flatten()
+    exported = (ranked
+                | "Best" >> beam.combiners.Top.Of(1, key=lambda item: item["selection_score"])
+                | "Unwrap" >> beam.FlatMap(lambda top: top)
+                | "Export" >> beam.ParDo(ExportDetector(config, staging_directory, transform_directory),
+                                         transform_ready=beam.pvalue.AsSingleton(transform_ready)))
+
+    test_rows = exported | "Score test" >> evaluation.ScoreBeatFiles(staging_directory, shard_files[splits.TEST])
+    test_summary = (test_rows | "Test pairs" >> beam.Map(evaluation.score_pair)
+                    | "Summarise test" >> beam.CombineGlobally(evaluation.summary_fn()))
+    flag_counts = (test_rows | "Flags" >> beam.Map(evaluation.flag_key)
+                   | "Count flags" >> beam.combiners.Count.PerElement())
+    test_sample = test_rows | "Sample test" >> evaluation.SampleScored()
+    return exported | "Finish" >> beam.ParDo(
+        FinishVersion(config, staging_directory, transform_directory),
+        test_summary=beam.pvalue.AsSingleton(test_summary), flag_counts=beam.pvalue.AsList(flag_counts),
+        test_sample=beam.pvalue.AsSingleton(test_sample),
+        candidates=beam.pvalue.AsList(ranked | "Light" >> beam.Map(_without_summary)),
+        split_counts=beam.pvalue.AsDict(split_counts), class_split_counts=beam.pvalue.AsList(class_split_counts),
+        bad_row_count=beam.pvalue.AsSingleton(bad_row_count), digests=beam.pvalue.AsSingleton(digests))
 
 
 def publish_version(root: artifacts.ArtifactRoot, staging_directory: str, config: TrainConfig) -> TrainResult:
@@ -158,15 +218,13 @@ def run(argv=None, test_pipeline=None) -> TrainResult:
     config, beam_args = parse_beam_flags(TrainConfig, argv, prog="heartwatch train")
     from models.detection.detector import artifact_root
 
-    spec = sources.with_resolved_format(config.dataset_spec(), open_with_beam_filesystems)
-    data_sha256 = _data_sha256(spec)
     root = artifact_root(config.output_dir)
     staging_directory = root.staging_directory()
-    work_directory = work_directory_for(staging_directory)
+    work_directory = files.join(staging_directory, WORK_DIRECTORY)
     LOGGER.info("training on %s -> %s (staging %s)", config.data, config.output_dir, staging_directory)
     try:
         with job_pipeline(beam_args, test_pipeline) as pipeline:
-            build_pipeline(pipeline, config, staging_directory, data_sha256, work_directory)
+            build_pipeline(pipeline, config, staging_directory, work_directory)
         files.remove(work_directory)
         return publish_version(root, staging_directory, config)
     except Exception:

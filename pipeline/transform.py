@@ -1,17 +1,26 @@
 """tensorflow-transform: beat normalisation analysed on training normals, replayed in the export.
 
 ``preprocessing_fn`` scales beats with global statistics of the normal training beats: min-max to
-[0, 1] (the tutorial) or z-score. The analysed graph is written by ``tft_beam.WriteTransformFn`` and
-wrapped by ``TransformGraph``, which the exported detector calls on raw beats.
+[0, 1] (the tutorial) or z-score. The analysed graph is written by ``WriteTransform`` and wrapped by
+``TransformGraph``, which the training input pipeline applies to every batch and the exported detector
+calls on raw beats.
+
+``WriteTransform`` does what ``tft_beam.WriteTransformFn`` does (the same directory layout, read by
+``tft.TFTransformOutput``) without renaming directories: it copies the analysed SavedModel file by
+file through the file layer, so the transform directory may be on any scheme, ``ram://`` included
+(TensorFlow's ``ram://`` renames a directory's entry but not its contents).
 """
 
 from __future__ import annotations
 
+import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform.beam.tft_beam_io import beam_metadata_io
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
+from models.common import files
 from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY
 from pipeline.config import NORMALIZATIONS
 
@@ -38,6 +47,40 @@ def make_preprocessing_fn(normalization: str):
         return {NORMALIZED_BEAT_KEY: normalized}
 
     return preprocessing_fn
+
+
+def copy_tree(source: str, destination: str) -> str:
+    """Copies every file below ``source`` to the same place below ``destination``; returns ``destination``."""
+    files.remove(destination)
+    files.make_directories(destination)
+    for path in files.walk_files(source):
+        target = files.join(destination, path[len(source):].lstrip("/"))
+        files.make_directories(files.dirname(target))
+        files.copy(path, target)
+    return destination
+
+
+class WriteTransform(beam.PTransform):
+    """``transform_fn`` -> the analysed graph written to ``directory`` (TFTransformOutput layout); emits it once."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def _extract_input_pvalues(self, transform_fn):
+        saved_model_directory, metadata = transform_fn
+        return transform_fn, [saved_model_directory, metadata.deferred_metadata]
+
+    def expand(self, transform_fn):
+        saved_model_directory, metadata = transform_fn
+        metadata_directory = files.join(self.directory, tft.TFTransformOutput.TRANSFORMED_METADATA_DIR)
+        graph_directory = files.join(self.directory, tft.TFTransformOutput.TRANSFORM_FN_DIR)
+        written_metadata = metadata | "WriteMetadata" >> beam_metadata_io.WriteMetadata(
+            metadata_directory, saved_model_directory.pipeline)
+        return (saved_model_directory
+                | "CopyGraph" >> beam.Map(copy_tree, graph_directory)
+                | "AfterMetadata" >> beam.Map(lambda _, written: self.directory,
+                                              written=beam.pvalue.AsSingleton(written_metadata)))
 
 
 class TransformGraph(tf.Module):

@@ -23,6 +23,8 @@ from models.ecg import (
     SOURCE_KEY,
     UNKNOWN_LABEL,
     download,
+    shards,
+    synthetic,
 )
 from models.ecg.readers import open_data_file
 from models.ecg.sources import (
@@ -32,9 +34,12 @@ from models.ecg.sources import (
     LoadedDataset,
     detect_format,
     file_sha256,
+    is_pattern,
     iter_raw_rows,
     iter_records,
     load_dataset,
+    match_files,
+    read_tasks,
     resolve_path,
     validate_row,
     with_resolved_format,
@@ -582,3 +587,76 @@ def test_downloads_are_cached_through_the_file_layer(file_server):
     (folder / "beats.csv").unlink()
     assert resolve_path(f"{base_url}/beats.csv", cache_dir=cache) == local
     assert load_dataset(DatasetSpec(f"{base_url}/beats.csv", cache_dir=cache)).source_classes.tolist() == ["normal"]
+
+
+def rows_of_tasks(tasks, open_fn=open_data_file):
+    """Every raw row of ``tasks`` as ``(source, row_number, first value, label)``, read task by task."""
+    return [(task.source, number, str(values[0]), label) for task in tasks
+            for number, values, label in shards.task_rows(task, open_fn)]
+
+
+@pytest.mark.parametrize("block_bytes", [97, 1400, 1 << 20])
+def test_split_text_blocks_read_every_line_once_with_its_line_number(tmp_path, block_bytes):
+    lines = [",".join([*number_fields(beat(index)), str(index % 2)]) for index in range(6)]
+    lines.insert(2, "")
+    text = "\ufeff" + "\r\n".join(lines[:4]) + "\n" + "\n".join(lines[4:]) + "\n"
+    path = tmp_path / "ecg.csv"
+    path.write_bytes(text.encode("utf-8"))
+    spec = with_resolved_format(DatasetSpec(str(path)))
+    whole = rows_of_tasks(read_tasks(spec))
+    split = rows_of_tasks(read_tasks(spec, block_bytes=block_bytes))
+    assert split == whole
+    assert [row[1] for row in whole] == [1, 2, 4, 5, 6, 7]
+    assert float(whole[0][2]) == pytest.approx(beat(0)[0]), "the byte-order mark is dropped"
+    ucr = write_lines(tmp_path / "classes.txt", ["  ".join([f"{label:.7e}", *text_fields(beat(label))])
+                                                for label in (1, 2, 3, 1, 5)])
+    ucr_spec = with_resolved_format(DatasetSpec(ucr))
+    assert rows_of_tasks(read_tasks(ucr_spec, block_bytes=block_bytes)) == rows_of_tasks(read_tasks(ucr_spec))
+
+
+def test_parquet_row_groups_are_tasks_with_continuing_row_numbers(tmp_path):
+    path = str(tmp_path / "groups.parquet")
+    parquet_frame([1, 2, 1, 3, 1, 1, 2]).to_parquet(path, row_group_size=3)
+    spec = DatasetSpec(path, label_column="label")
+    tasks = read_tasks(spec)
+    assert [(task.part, task.first_row) for task in tasks] == [("row_groups", 1), ("row_groups", 4),
+                                                                ("row_groups", 7)]
+    records, errors = records_and_errors(spec)
+    assert errors == [] and [record[ROW_NUMBER_KEY] for record in records] == list(range(1, 8))
+    assert [record[SOURCE_CLASS_KEY] for record in records] == ["1", "2", "1", "3", "1", "1", "2"]
+    np.testing.assert_allclose(records[4][BEAT_KEY], beat(4), rtol=1e-6)
+
+
+def test_patterns_read_every_file_with_its_own_source(tmp_path):
+    paths = [write_lines(tmp_path / f"beats-{index}.txt", ["1 " + " ".join(text_fields(beat(index))),
+                                                           "9 " + " ".join(text_fields(beat(index)))])
+             for index in range(3)]
+    write_lines(tmp_path / "other.tsv", ["1\t" + "\t".join(text_fields(beat(9)))])
+    pattern = str(tmp_path / "beats-*.txt")
+    assert match_files(pattern) == paths
+    records, errors = records_and_errors(DatasetSpec(pattern))
+    assert [(record[SOURCE_KEY], record[ROW_NUMBER_KEY]) for record in records] == [(path, 1) for path in paths]
+    assert [(error[SOURCE_KEY], error["row_number"], error["reason"]) for error in errors] == [
+        (path, 2, "unknown label '9'") for path in paths]
+    assert len(load_dataset(DatasetSpec(pattern))) == 3
+    with pytest.raises(ValueError, match="no files match"):
+        list(iter_records(DatasetSpec(str(tmp_path / "none-*.txt"))))
+    assert not is_pattern("https://example.org/beats.parquet?version=2") and is_pattern(pattern)
+
+
+def test_large_synthetic_uris_are_shards_every_reader_agrees_on(monkeypatch):
+    small = DatasetSpec("synthetic:beats=30,seed=4")
+    beats, kinds = synthetic.generate(synthetic.parse_synthetic_uri(small.path))
+    np.testing.assert_array_equal(load_dataset(small).beats, beats)
+    monkeypatch.setattr(shards, "SYNTHETIC_SHARD_BEATS", 40)
+    spec = DatasetSpec("synthetic:beats=100,seed=4")
+    tasks = read_tasks(spec)
+    assert [(task.part, task.first_row) for task in tasks] == [("synthetic", 1), ("synthetic", 41),
+                                                                ("synthetic", 81)]
+    dataset = load_dataset(spec)
+    records, errors = records_and_errors(spec)
+    assert errors == [] and len(dataset) == 100 and dataset.row_numbers.tolist() == list(range(1, 101))
+    np.testing.assert_array_equal(dataset.beats, np.stack([record[BEAT_KEY] for record in records]))
+    shard_beats = [row[1] for row in shards.task_rows(tasks[1], open_data_file)]
+    np.testing.assert_array_equal(dataset.beats[40:80], np.stack(shard_beats))
+    assert not np.array_equal(dataset.beats[:40], dataset.beats[40:80]), "every shard has its own seed"

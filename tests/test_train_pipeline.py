@@ -32,16 +32,19 @@ def _test_pipeline():
 def test_validate_rows_dofn_splits_good_and_bad_rows():
     function = ecg_steps.ValidateRows(_spec())
     function.setup()
-    good = list(function.process((3, ["0.1"] * BEAT_LENGTH, "1")))
-    bad = list(function.process((4, ["0.1"] * 10, "1")))
+    good = list(function.process(("beats.txt", 3, ["0.1"] * BEAT_LENGTH, "1")))
+    bad = list(function.process(("beats.txt", 4, ["0.1"] * 10, "1")))
+    other = list(function.process(("data/other.txt", 5, ["0.1"] * BEAT_LENGTH, "2")))
     assert good[0]["row_number"] == 3 and good[0]["is_anomaly"] == 0 and good[0][BEAT_KEY].shape == (BEAT_LENGTH,)
     assert bad[0].tag == ecg_steps.ValidateRows.ERRORS
     assert bad[0].value["row_number"] == 4 and bad[0].value["reason"].startswith("wrong length")
+    assert bad[0].value["source"] == "beats.txt" and other[0]["source"] == "data/other.txt", "rows keep their file"
+    assert other[0]["is_anomaly"] == 1
 
 
 def test_validate_and_split_transforms_with_assert_that():
-    rows = [(number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
-    rows.append((31, ["x"] * BEAT_LENGTH, "1"))
+    rows = [("beats.txt", number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
+    rows.append(("beats.txt", 31, ["x"] * BEAT_LENGTH, "1"))
     config = splits.SplitConfig(seed=5, test_fraction=0.2, validation_fraction=0.2)
     expected = splits.assign_splits(["beats.txt"] * 30, list(range(1, 31)),
                                     ["1" if number % 3 else "2" for number in range(1, 31)], config)
@@ -96,6 +99,9 @@ def test_export_contents_and_quality(trained_detector):
     assert os.path.exists(os.path.join(trained_detector.detector_directory, "saved_model.pb"))
     assert card["data"]["valid_rows"] == 500
     assert sum(card["data"]["rows_by_split"].values()) == 500
+    for name, count in card["data"]["rows_by_split"].items():
+        assert count > 0 and sum(card["data"]["rows_by_split_and_class"][name].values()) == count
+    assert card["data"]["sha256"] == sources.file_sha256(trained_detector.summary["data"]["source"])
     assert card["normalization"]["normalization"] == "minmax"
     assert card["normalization"]["min"] < card["normalization"]["max"]
     assert card["threshold"]["method"] == "max_f1"
@@ -190,3 +196,70 @@ def test_train_then_score_on_ram_filesystem(sample_with_bad_rows):
     np.testing.assert_allclose(scores["reconstruction_error"][positions], archive["reconstruction_error"], rtol=1e-6)
     assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
     assert result.metrics["beats"] == 500 and result.metrics["roc_auc"] > 0.9
+
+
+def _ucr_line(label: int, seed: int) -> str:
+    return f"{label:.7e} " + " ".join(f"{value:.7e}" for value in np.random.default_rng(seed).normal(size=BEAT_LENGTH))
+
+
+def test_read_valid_rows_reads_patterns_in_byte_range_tasks(tmp_path):
+    for index in range(2):
+        lines = [_ucr_line(1 + (row % 2), 10 * index + row) for row in range(6)]
+        lines.insert(3, "9.0 " + " ".join(["0.5"] * BEAT_LENGTH))
+        (tmp_path / f"part-{index}.txt").write_text("\n".join(lines) + "\n")
+    spec = ecg_steps.resolve_spec(sources.DatasetSpec(path=str(tmp_path / "part-*.txt")))
+    expected = [item for item in sources.iter_records(spec)]
+    records = sorted((item["source"], item["row_number"], item["source_class"]) for kind, item in expected
+                     if kind == "record")
+    assert len(records) == 12
+    with _test_pipeline() as pipeline:
+        read = ecg_steps.ReadValidRows(spec, block_bytes=1500)
+        valid, errors = pipeline | read
+        assert_that(valid | beam.Map(lambda record: (record["source"], record["row_number"], record["source_class"])),
+                    equal_to(records), label="records")
+        assert_that(errors | beam.Map(lambda error: (error["source"], error["row_number"], error["reason"])),
+                    equal_to([(str(tmp_path / f"part-{index}.txt"), 4, "unknown label '9.0'") for index in range(2)]),
+                    label="errors")
+        assert_that(read.digests | beam.Map(lambda item: item[0]),
+                    equal_to([str(tmp_path / f"part-{index}.txt") for index in range(2)]), label="digests")
+
+
+def test_split_assignment_groups_nothing():
+    config = splits.SplitConfig(seed=1)
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    _ = (pipeline | beam.Create([{"source": "x.txt", "row_number": 1, "source_class": "1"}])
+         | "Split" >> ecg_steps.AssignSplits(config))
+    transforms = pipeline.to_runner_api().components.transforms.values()
+    assert not [item.unique_name for item in transforms
+                if item.unique_name.startswith("Split") and item.spec.urn == "beam:transform:group_by_key:v1"]
+
+
+def test_every_split_of_the_real_sample_gets_normals_and_anomalies(ecg5000_path):
+    dataset = sources.load_dataset(sources.DatasetSpec(path=ecg5000_path))
+    for seed in range(5):
+        assigned = splits.assign_splits([dataset.source] * len(dataset), dataset.row_numbers, dataset.source_classes,
+                                        splits.SplitConfig(seed=seed))
+        for name, fraction in ((splits.TRAIN, 0.6), (splits.VALIDATION, 0.2), (splits.TEST, 0.2)):
+            for label in (0, 1):
+                members = (assigned == name) & (dataset.is_anomaly == label)
+                expected = fraction * (dataset.is_anomaly == label).sum()
+                assert abs(members.sum() - expected) <= 4 * np.sqrt(expected * (1 - fraction)), (seed, name, label)
+
+
+def test_train_autoencoder_streams_tf_data_batches_like_arrays():
+    import dataclasses
+
+    import tensorflow as tf
+
+    from models.training.candidates import candidate
+    from models.training.fit import train_autoencoder
+
+    beats = np.random.default_rng(0).uniform(size=(64, BEAT_LENGTH)).astype(np.float32)
+    config = dataclasses.replace(candidate("dense"), epochs=2, batch_size=16)
+    streamed = tf.data.Dataset.from_tensor_slices(beats).batch(16).apply(tf.data.experimental.assert_cardinality(4))
+    from_dataset = train_autoencoder(config, streamed, streamed, seed=3, verbose=0)
+    from_arrays = train_autoencoder(config, beats, beats, seed=3, verbose=0)
+    assert from_dataset.epochs_run == from_arrays.epochs_run == 2
+    assert from_dataset.history["loss"][1] < from_dataset.history["loss"][0]
+    with pytest.raises(ValueError, match="no training examples"):
+        train_autoencoder(config, streamed.take(0), streamed, verbose=0)

@@ -8,8 +8,9 @@ files, the beat index for synthetic data.
 Files are opened through ``open_fn(path, "rb")``: by default ``open_data_file`` (the file layer,
 ``models.common.files``, so local, ``gs://`` and ``ram://`` paths work); a Beam pipeline passes
 its ``FileSystems`` opener. Any binary stream that iterates its lines will do; text is decoded
-as UTF-8 (a byte-order mark is dropped) line by line, so a file is never read whole except a
-parquet table, which pandas reads at once anyway.
+as UTF-8 (a byte-order mark is dropped) line by line, and a parquet table one row group at a time,
+so a file is never read whole. ``models.ecg.shards`` cuts files into independently read tasks
+(line ranges, row groups) on top of these readers.
 """
 
 from __future__ import annotations
@@ -179,16 +180,71 @@ def csv_rows(path: str, open_fn: OpenFunction, feature_columns: tuple[str, ...] 
             yield reader.line_num, values, label
 
 
-def parquet_rows(path: str, open_fn: OpenFunction, feature_columns: tuple[str, ...] | None,
-                 label_column: str | None) -> Iterator[tuple[int, Any, str | None]]:
-    """Rows of a parquet table; ``row_number`` is the 1-based row index."""
+class SeekableStream(io.RawIOBase):
+    """A seekable binary stream as pyarrow wants one (``closed``, ``readinto``), over any ``read``/``seek``/``tell``.
+
+    TensorFlow's ``GFile`` (the file layer) and Beam's channels have the calls but not every attribute.
+    """
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._handle.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._handle.seek(offset, whence)
+        return self._handle.tell()
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+
+def _parquet_file(binary: IO[bytes]):
+    """A pyarrow ``ParquetFile`` over a seekable binary stream (only the footer is read)."""
+    import pyarrow.parquet
+
+    return pyarrow.parquet.ParquetFile(io.BufferedReader(SeekableStream(binary), buffer_size=1 << 20))
+
+
+def parquet_row_group_sizes(path: str, open_fn: OpenFunction) -> list[int]:
+    """The row count of every row group of a parquet file, from its footer."""
     with open_binary(path, open_fn) as binary:
-        frame = pd.read_parquet(io.BytesIO(binary.read()))
-    layout = column_layout([str(name) for name in frame.columns], feature_columns, label_column, path)
-    features = frame.iloc[:, list(layout.feature_indices)]
-    labels = _parquet_labels(frame, layout.label_index)
-    for index, values in enumerate(_parquet_feature_rows(features)):
-        yield index + 1, values, None if labels is None else labels[index]
+        metadata = _parquet_file(binary).metadata
+        return [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
+
+
+def parquet_rows(path: str, open_fn: OpenFunction, feature_columns: tuple[str, ...] | None,
+                 label_column: str | None, row_groups: Iterable[int] | None = None,
+                 first_row: int = 1) -> Iterator[tuple[int, Any, str | None]]:
+    """Rows of a parquet table, one row group in memory at a time; ``row_number`` is the 1-based row index.
+
+    ``row_groups`` (default: all) reads only those groups; ``first_row`` is then the row number of the
+    first row of the first of them.
+    """
+    with open_binary(path, open_fn) as binary:
+        table = _parquet_file(binary)
+        groups = range(table.metadata.num_row_groups) if row_groups is None else row_groups
+        row_number = first_row
+        for group in groups:
+            frame = table.read_row_group(group, use_pandas_metadata=True).to_pandas()
+            layout = column_layout([str(name) for name in frame.columns], feature_columns, label_column, path)
+            features = frame.iloc[:, list(layout.feature_indices)]
+            labels = _parquet_labels(frame, layout.label_index)
+            for index, values in enumerate(_parquet_feature_rows(features)):
+                yield row_number, values, None if labels is None else labels[index]
+                row_number += 1
+        if row_groups is None and table.metadata.num_row_groups == 0:
+            column_layout(table.schema_arrow.names, feature_columns, label_column, path)
 
 
 def _parquet_feature_rows(features: pd.DataFrame) -> Iterator[Any]:
@@ -228,8 +284,8 @@ def _label_cell_text(value: Any) -> str:
     return str(value).strip()
 
 
-def synthetic_rows(path: str) -> Iterator[tuple[int, np.ndarray, str]]:
-    """Rows of generated synthetic beats; the label text is the kind."""
-    beats, kinds = synthetic.generate(synthetic.parse_synthetic_uri(path))
-    for index, (beat, kind) in enumerate(zip(beats, kinds), 1):
+def generated_rows(config: synthetic.SyntheticConfig, first_row: int = 1) -> Iterator[tuple[int, np.ndarray, str]]:
+    """Rows of generated synthetic beats numbered from ``first_row``; the label text is the kind."""
+    beats, kinds = synthetic.generate(config)
+    for index, (beat, kind) in enumerate(zip(beats, kinds), first_row):
         yield index, beat, kind

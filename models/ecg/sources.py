@@ -22,10 +22,14 @@ Supported inputs (``DatasetSpec.format``):
     ``"synthetic"`` or ``"synthetic:beats=...,seed=..."`` (see ``models.ecg.synthetic``); the source
     class is the synthetic kind.
 
+``path`` may also be a glob pattern (``beats-*.parquet``, ``gs://bucket/ecg/*.txt``): every matched
+file is read with the same format and options, each file tagging its rows as their source
+(``match_files``; row numbers restart in every file).
+
 ``auto`` (the default) picks the format from the path: a synthetic URI, then the extension
 (``.txt``/``.tsv``/``.arff`` are ucr, ``.parquet`` is parquet, and a ``.csv`` is ``csv`` when its
-first line has a non-numeric field, a header, else ``ecg_csv``). ``http(s)`` URLs are downloaded
-once into a cache (``models.ecg.download.resolve_path``).
+first line has a non-numeric field, a header, else ``ecg_csv``; for a pattern, the first matched
+file's). ``http(s)`` URLs are downloaded once into a cache (``models.ecg.download.resolve_path``).
 
 Reading has two steps so that a pipeline can spread them out: ``iter_raw_rows`` yields each row's
 raw fields with its row number (``models.ecg.readers``: the physical line number in text files, so
@@ -34,9 +38,10 @@ raising (``models.ecg.validation`` has the checks and the reasons). An error is 
 ``row_number``, ``source``, ``reason`` and ``raw``. Bad rows are never dropped silently: each one
 is an error.
 
-Files are opened through ``open_fn(path, "rb")``, by default the file layer
-(``models.common.files``: local, ``gs://`` or ``ram://`` paths), so a Beam pipeline can pass
-its ``FileSystems`` opener instead.
+Files are opened through ``open_fn(path, "rb")`` and patterns expanded by ``glob_fn(pattern)``, by
+default the file layer (``models.common.files``: local, ``gs://`` or ``ram://`` paths), so a Beam
+pipeline can pass its ``FileSystems`` opener and matcher instead; it reads a dataset as independent
+tasks (``models.ecg.shards``) on many workers.
 """
 
 from __future__ import annotations
@@ -44,12 +49,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from models.common import files
 from models.ecg import (
     ANOMALY,
     BEAT_KEY,
@@ -62,10 +68,11 @@ from models.ecg import (
     SOURCE_KEY,
     UNKNOWN_LABEL,
     readers,
+    shards,
     synthetic,
     validation,
 )
-from models.ecg.download import ECG_CSV_URL, TF_ECG_ALIAS, file_sha256, resolve_path
+from models.ecg.download import ECG_CSV_URL, TF_ECG_ALIAS, file_sha256, is_http_url, resolve_path
 from models.ecg.readers import OpenFunction, open_data_file
 
 __all__ = [
@@ -78,7 +85,9 @@ __all__ = [
     "file_sha256",
     "iter_raw_rows",
     "iter_records",
+    "is_pattern",
     "load_dataset",
+    "match_files",
     "resolve_path",
     "validate_row",
     "with_resolved_format",
@@ -87,6 +96,24 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 FORMATS = DATASET_FORMATS
+GLOB_CHARACTERS = "*?["
+GlobFunction = Callable[[str], list]
+
+
+def is_pattern(path: str) -> bool:
+    """Whether ``path`` is a glob pattern (``*``, ``?`` or ``[``), not one file; URLs never are."""
+    return (not is_http_url(path) and not synthetic.is_synthetic_uri(path)
+            and any(character in path for character in GLOB_CHARACTERS))
+
+
+def match_files(path: str, glob_fn: GlobFunction = files.glob) -> list[str]:
+    """The files a pattern matches, sorted (``ValueError`` when none); a plain path stands for itself."""
+    if not is_pattern(path):
+        return [path]
+    matched = sorted(glob_fn(path))
+    if not matched:
+        raise ValueError(f"no files match {path!r}")
+    return matched
 
 
 @dataclass(frozen=True)
@@ -129,17 +156,18 @@ class DatasetSpec:
         if self.cache_dir is not None and not _is_name(self.cache_dir):
             raise ValueError(f"cache_dir must be a non-empty string, got {self.cache_dir!r}")
 
-    def resolved_format(self, open_fn: OpenFunction = open_data_file) -> str:
+    def resolved_format(self, open_fn: OpenFunction = open_data_file, glob_fn: GlobFunction = files.glob) -> str:
         """The concrete format: ``format`` itself, or for ``auto`` the one detected from the path.
 
         Telling a header-less ``.csv`` (``ecg_csv``) from one with a header (``csv``) reads its
-        first line (downloading a URL first); the answer is remembered on this spec.
+        first line (downloading a URL first; for a pattern, of its first file); the answer is
+        remembered on this spec.
         """
         if self.format != "auto":
             return self.format
         cached = self.__dict__.get("_detected_format")
         if cached is None:
-            cached = detect_format(self.path, open_fn=open_fn, cache_dir=self.cache_dir)
+            cached = detect_format(self.path, open_fn=open_fn, cache_dir=self.cache_dir, glob_fn=glob_fn)
             object.__setattr__(self, "_detected_format", cached)
         return cached
 
@@ -167,16 +195,18 @@ def _checked_columns(columns: object) -> tuple[str, ...]:
     return checked
 
 
-def with_resolved_format(spec: DatasetSpec, open_fn: OpenFunction = open_data_file) -> DatasetSpec:
+def with_resolved_format(spec: DatasetSpec, open_fn: OpenFunction = open_data_file,
+                         glob_fn: GlobFunction = files.glob) -> DatasetSpec:
     """A copy of ``spec`` with ``format`` pinned to the detected one (the path is unchanged).
 
     Pass the pinned spec to ``validate_row`` when validating far from the file (Beam workers), so
     that the format is never detected again.
     """
-    return dataclasses.replace(spec, format=spec.resolved_format(open_fn))
+    return dataclasses.replace(spec, format=spec.resolved_format(open_fn, glob_fn))
 
 
-def detect_format(path: str, open_fn: OpenFunction = open_data_file, cache_dir: str | None = None) -> str:
+def detect_format(path: str, open_fn: OpenFunction = open_data_file, cache_dir: str | None = None,
+                  glob_fn: GlobFunction = files.glob) -> str:
     """Pick the format of ``path`` as ``auto`` does (see the module docstring)."""
     if synthetic.is_synthetic_uri(path):
         return "synthetic"
@@ -188,7 +218,7 @@ def detect_format(path: str, open_fn: OpenFunction = open_data_file, cache_dir: 
     if extension == ".parquet":
         return "parquet"
     if extension == ".csv":
-        local_path = resolve_path(path, cache_dir)
+        local_path = resolve_path(match_files(path, glob_fn)[0], cache_dir)
         return "csv" if _has_header(readers.first_line(local_path, open_fn)) else "ecg_csv"
     raise ValueError(
         f"cannot tell the format of {path!r} from its extension; pass format= one of "
@@ -211,7 +241,7 @@ def _is_number(text: str) -> bool:
 
 
 def iter_raw_rows(
-    spec: DatasetSpec, open_fn: OpenFunction = open_data_file
+    spec: DatasetSpec, open_fn: OpenFunction = open_data_file, glob_fn: GlobFunction = files.glob
 ) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(row_number, values, label_text)`` for every data row, before validation.
 
@@ -220,23 +250,39 @@ def iter_raw_rows(
     data. ``values`` holds the feature fields as read (strings, or floats for parquet and
     synthetic data). ``label_text`` is ``None`` when the table has no label column. A row whose
     field count differs from the header's is given one value fewer or more per missing or extra
-    field, so it fails validation as ``wrong length``.
+    field, so it fails validation as ``wrong length``. A pattern yields the rows of every matched
+    file in turn (``iter_records`` tells their sources apart).
     """
-    data_format = spec.resolved_format(open_fn)
+    for task in read_tasks(spec, open_fn, glob_fn):
+        yield from shards.task_rows(task, open_fn)
+
+
+def read_tasks(spec: DatasetSpec, open_fn: OpenFunction = open_data_file, glob_fn: GlobFunction = files.glob,
+               block_bytes: int | None = None) -> list[shards.ReadTask]:
+    """The read tasks of a dataset, in order: one per file (``block_bytes=None``) or per block/row group/shard.
+
+    Split line tasks are numbered (``shards.number_task``) by counting newlines, which reads each
+    file once more; the Beam jobs count in parallel instead (``pipeline.ecg_steps.ReadValidRows``).
+    """
+    data_format = spec.resolved_format(open_fn, glob_fn)
     _check_column_options(spec, data_format)
     if data_format == "synthetic":
-        yield from readers.synthetic_rows(spec.path)
-        return
-    path = resolve_path(spec.path, spec.cache_dir)
-    LOGGER.info("reading %s as %s", spec.path, data_format)
-    if data_format == "ecg_csv":
-        yield from readers.ecg_csv_rows(readers.text_lines(path, open_fn))
-    elif data_format == "ucr":
-        yield from readers.ucr_rows(path, readers.text_lines(path, open_fn))
-    elif data_format == "csv":
-        yield from readers.csv_rows(path, open_fn, spec.feature_columns, spec.label_column)
-    else:
-        yield from readers.parquet_rows(path, open_fn, spec.feature_columns, spec.label_column)
+        return shards.plan_synthetic(spec.path)
+    tasks = []
+    for path in match_files(spec.path, glob_fn):
+        location = resolve_path(path, spec.cache_dir)
+        LOGGER.info("reading %s as %s", path, data_format)
+        if block_bytes is None and data_format != "parquet":
+            tasks.append(shards.ReadTask(source=path, location=location, data_format=data_format, part=shards.FILE,
+                                         label_column=spec.label_column, feature_columns=spec.feature_columns))
+            continue
+        size = files.size(location) if block_bytes is not None else 0
+        newlines = 0
+        for task in shards.plan_file(path, location, size, data_format, open_fn, block_bytes or 1,
+                                     spec.label_column, spec.feature_columns):
+            tasks.append(shards.number_task(task, newlines))
+            newlines += shards.count_newlines(task, open_fn) if task.part == shards.LINES else 0
+    return tasks
 
 
 def _check_column_options(spec: DatasetSpec, data_format: str) -> None:
@@ -280,15 +326,23 @@ def validate_row(
     return record, None
 
 
-def iter_records(spec: DatasetSpec, open_fn: OpenFunction = open_data_file) -> Iterator[tuple[str, dict]]:
+def file_spec(spec: DatasetSpec, source: str) -> DatasetSpec:
+    """The spec of one file of ``spec`` (the same format and options; ``source`` as its path)."""
+    return spec if source == spec.path else dataclasses.replace(spec, path=source)
+
+
+def iter_records(spec: DatasetSpec, open_fn: OpenFunction = open_data_file,
+                 glob_fn: GlobFunction = files.glob) -> Iterator[tuple[str, dict]]:
     """Yield ``("record", record)`` for each good row and ``("error", error)`` for each bad one."""
-    pinned = with_resolved_format(spec, open_fn)
-    for row_number, values, label_text in iter_raw_rows(pinned, open_fn):
-        record, error = validate_row(row_number, values, label_text, pinned)
-        if error is None:
-            yield "record", record
-        else:
-            yield "error", error
+    pinned = with_resolved_format(spec, open_fn, glob_fn)
+    for task in read_tasks(pinned, open_fn, glob_fn):
+        source_spec = file_spec(pinned, task.source)
+        for row_number, values, label_text in shards.task_rows(task, open_fn):
+            record, error = validate_row(row_number, values, label_text, source_spec)
+            if error is None:
+                yield "record", record
+            else:
+                yield "error", error
 
 
 @dataclass
@@ -323,14 +377,18 @@ class LoadedDataset:
         return len(self) > 0 and bool(np.all(self.is_anomaly != UNKNOWN_LABEL))
 
 
-def load_dataset(spec: DatasetSpec, open_fn: OpenFunction = open_data_file) -> LoadedDataset:
-    """Read and validate a whole data set into memory (for scoring, benchmarks and replay)."""
-    pinned = with_resolved_format(spec, open_fn)
+def load_dataset(spec: DatasetSpec, open_fn: OpenFunction = open_data_file,
+                 glob_fn: GlobFunction = files.glob) -> LoadedDataset:
+    """Read and validate a whole data set into memory (for scoring, benchmarks and replay).
+
+    A pattern's files are concatenated in sorted order (their row numbers restart in every file).
+    """
+    pinned = with_resolved_format(spec, open_fn, glob_fn)
     if pinned.format == "synthetic":
         _check_column_options(pinned, "synthetic")
         dataset = _load_synthetic(pinned.path)
     else:
-        dataset = _collect(iter_records(pinned, open_fn), pinned.path)
+        dataset = _collect(iter_records(pinned, open_fn, glob_fn), pinned.path)
     LOGGER.info(
         "loaded %d beats and %d bad rows from %s", len(dataset), len(dataset.errors), spec.path
     )
@@ -338,8 +396,11 @@ def load_dataset(spec: DatasetSpec, open_fn: OpenFunction = open_data_file) -> L
 
 
 def _load_synthetic(path: str) -> LoadedDataset:
-    """Generated beats straight into arrays (they are valid by construction)."""
-    beats, kinds = synthetic.generate(synthetic.parse_synthetic_uri(path))
+    """Generated beats straight into arrays, shard by shard (they are valid by construction)."""
+    configs = [config for _, config in shards.synthetic_shards(synthetic.parse_synthetic_uri(path))]
+    generated = [synthetic.generate(config) for config in configs]
+    beats = np.concatenate([part[0] for part in generated]) if len(generated) > 1 else generated[0][0]
+    kinds = [kind for part in generated for kind in part[1]]
     source_classes = np.array(kinds, dtype=str)
     return LoadedDataset(
         beats=beats,

@@ -8,8 +8,12 @@ Training and validation data may be
 * an array: an autoencoder's inputs, which are also its targets;
 * an ``(inputs, targets)`` pair of arrays (e.g. noisy and clean images);
 * a ``keras.utils.PyDataset`` or a ``tf.data.Dataset`` yielding ``(inputs, targets)`` batches (so
-  data can be streamed from files; ``batch_size`` then belongs to the dataset). Arrays are shuffled
-  every epoch, a ``PyDataset``'s batch order too; a ``tf.data.Dataset`` keeps its own order.
+  data can be streamed from files; ``batch_size`` then belongs to the dataset); a ``tf.data.Dataset``
+  of input batches alone is an autoencoder's, each batch its own target. Arrays are shuffled every
+  epoch, a ``PyDataset``'s batch order too; a ``tf.data.Dataset`` keeps its own order (shuffle it in
+  the dataset, through a bounded buffer, to keep memory flat). A dataset that declares its
+  cardinality (``tf.data.experimental.assert_cardinality``) gives Keras the epoch length for its
+  progress bar; one known to be empty is refused.
 
 ``train_autoencoder`` trains an ECG candidate (``models.training.candidates``) to reconstruct beats;
 ``models.training.denoising.train_denoiser`` trains an image denoiser through the same loop.
@@ -51,8 +55,19 @@ class TrainingResult:
     parameter_count: int
 
 
+def _dataset_pairs(dataset: tf.data.Dataset, role: str) -> tf.data.Dataset:
+    """A ``tf.data.Dataset`` of ``(inputs, targets)`` batches; a dataset of input batches alone gets them as targets."""
+    if dataset.cardinality() == 0:
+        raise ValueError(f"no {role} examples: the {role} dataset is empty")
+    if isinstance(dataset.element_spec, tf.TensorSpec):
+        return dataset.map(lambda batch: (batch, batch))
+    return dataset
+
+
 def _keras_data(data, role: str):
-    """A dataset unchanged, else ``(inputs, targets)`` float32 arrays from an array (its own targets) or a pair."""
+    """A dataset (as pairs), else ``(inputs, targets)`` float32 arrays from an array (its own targets) or a pair."""
+    if isinstance(data, tf.data.Dataset):
+        return _dataset_pairs(data, role)
     if isinstance(data, DATASET_TYPES):
         return data
     if isinstance(data, tuple):
@@ -108,8 +123,9 @@ def train_autoencoder(config: CandidateConfig, train_inputs, validation_inputs, 
                       checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
     """Builds the seeded model of ``config`` and fits it to ``train_inputs``, keeping the best ``val_loss`` weights.
 
-    Inputs are beat arrays (their own targets) or datasets of ``(inputs, targets)`` batches, as ``fit``
-    takes them; ``checkpoint_path`` and ``verbose`` are ``fit``'s.
+    Inputs are beat arrays (their own targets), ``tf.data`` datasets of beat batches (streamed from files,
+    their own targets) or datasets of ``(inputs, targets)`` batches, as ``fit`` takes them;
+    ``checkpoint_path`` and ``verbose`` are ``fit``'s.
     """
     config.check_model()
     keras.utils.set_random_seed(seed)
