@@ -105,6 +105,18 @@ def data_summary(split_counts: dict, class_split_counts: list, bad_row_count: in
             "rows_by_split_and_class": by_class, "files": len(digests)}
 
 
+def write_drift_reference(version_directory: str, validation_summary) -> None:
+    """Stores the quantiles of the validation normals' scores beside the detector: the stream's drift watch
+    compares live scores with them (``models.detection.drift``). Skipped, with a log line, without normals."""
+    from models.detection import drift
+    from models.ecg import NORMAL
+
+    if validation_summary.count(NORMAL) == 0:
+        LOGGER.warning("no labelled normal validation beats: the detector gets no drift reference")
+        return
+    drift.write_reference(version_directory, drift.reference_from_summary(validation_summary))
+
+
 class ExportDetector(beam.DoFn):
     """Calibrates the best candidate's threshold and writes its detector into the staging directory.
 
@@ -125,6 +137,7 @@ class ExportDetector(beam.DoFn):
                     best["candidate"]["name"])
         detector = DetectorModule(TransformGraph(self.transform_directory), rebuild_model(best), threshold.value)
         detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
+        write_drift_reference(self.staging_directory, best["validation_summary"])
         artifacts.write_card(self.staging_directory, {"name": "heartwatch ECG detector (being evaluated)",
                                                       "threshold": threshold.to_dict()})
         yield {**{key: value for key, value in best.items() if key != "validation_summary"},

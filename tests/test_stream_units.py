@@ -488,3 +488,36 @@ def test_a_dead_letter_that_cannot_be_built_stops_the_handler(tiny_detectors):
     records[1] = records[1]._replace(headers=[(b"not-a-str-key", b"v")])
     with pytest.raises(DeadLetterError, match="in/0/1 .*could not be built"):
         BatchHandler(stream_config(), "host:1").handle(records, tiny_detectors["flags_every_beat"])
+
+
+def test_the_handler_feeds_the_drift_watch_once_per_batch_and_emits_drift_records(tmp_path):
+    """Clean beats like the reference's raise no drift record; beats of twice the amplitude raise one on the
+    alerts topic (the same path the stream runs: BatchHandler -> DriftWatch -> OutputRecord)."""
+    from prometheus_client import CollectorRegistry
+
+    from models.detection import drift
+    from streaming.drift import DriftWatch
+
+    keras.utils.set_random_seed(0)
+    autoencoder = registry.build("dense", {"hidden_units": [16], "latent_dim": 4})
+    detector = load_detector(export_detector(str(tmp_path), tf.identity, autoencoder, 1e9))
+    rng = np.random.default_rng(3)
+    reference_scores = detector.score(rng.normal(0.0, 1.0, (4000, BEAT_LENGTH)).astype(np.float32))["anomaly_score"]
+    drift.write_reference(detector.directory, np.quantile(reference_scores, (np.arange(1000) + 0.5) / 1000))
+    metrics_registry = CollectorRegistry()
+    handler = BatchHandler(stream_config(scores_topic="", alerts_topic="alerts"), "host:1",
+                           DriftWatch(metrics_registry, "host:1", window=200, alpha=1e-4))
+
+    def drift_records(scale: float, batches: int) -> list:
+        found = []
+        for _ in range(batches):
+            beats = (scale * rng.normal(0.0, 1.0, (100, BEAT_LENGTH))).astype(np.float32)
+            output = handler.handle(consumer_records(beat_messages(beats)), detector)
+            found += [json.loads(record.value) for record in output.records if record.topic == "alerts"]
+        return found
+
+    assert drift_records(1.0, 20) == []
+    shifted = drift_records(2.0, 10)
+    assert len(shifted) == 1 and shifted[0]["record_type"] == "error_drift" and shifted[0]["topic"] == "in"
+    assert metrics_registry.get_sample_value("heartwatch_drift_alarms_total", {"topic": "in"}) == 1.0
+    assert metrics_registry.get_sample_value("heartwatch_error_drift_statistic", {"topic": "in"}) > 0.5
