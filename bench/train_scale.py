@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a command as a child and prints its peak RSS (KiB, Linux ru_maxrss) and wall seconds as JSON.
