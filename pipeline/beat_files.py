@@ -1,15 +1,16 @@
-"""Beat records as sharded TFRecord files: how `heartwatch train` materialises its splits once.
+"""Beat chunks as sharded TFRecord files: how `heartwatch train` materialises its splits once.
 
-The training job writes every valid beat of a split, raw, into ``<work>/beats/<split>/beats-*.tfrecord``
-(``tf.train.Example``: ``beat`` as 140 little-endian float32 bytes, ``is_anomaly``, ``source_class``,
-``source``, ``row_number``, ``sample_key``). Those files are what every later step streams:
+The training job writes every valid beat of a split, raw, into ``<work>/beats/<split>/beats-*.tfrecord``:
+one ``tf.train.Example`` per ``BeatChunk`` (``beats``: the chunk's ``[n, 140]`` little-endian float32
+bytes; ``is_anomaly``, ``row_number``, ``sample_key``: int64 lists; ``source_class``: bytes list;
+``source``: its file). Those files are what every later step streams:
 
 - training (``training_dataset``): ``tf.data`` interleaves the shards, keeps the training beats
-  (normal or unlabelled), shuffles through a bounded buffer, batches, applies the analysed
-  tensorflow-transform graph to each batch and prefetches; memory is the buffer plus a few
+  (normal or unlabelled), unbatches them, shuffles through a bounded buffer, batches, applies the
+  analysed tensorflow-transform graph to each batch and prefetches; memory is the buffer plus a few
   batches, whatever the split's size;
-- scoring (``decode_record``): Beam reads the same files again (``ReadAllFromTFRecord``) and feeds
-  the raw beats to ``RunInference``.
+- scoring (``decode_chunk``): Beam reads the same files again (``ReadAllFromTFRecord``) and feeds the
+  chunks' raw beats to ``RunInference``.
 
 Raw beats are materialised, not transformed ones: the transform is applied inside the input pipeline
 (and, for scoring, inside the exported detector), so the data is read and validated once, written
@@ -23,49 +24,57 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from models.ecg import ANOMALY, BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, SOURCE_KEY
+from models.ecg import ANOMALY, BEAT_LENGTH
+from models.ecg.chunks import BeatChunk
 
-SAMPLE_KEY = "sample_key"
 FILE_SUFFIX = ".tfrecord"
 INTERLEAVE_CYCLE = 4
+BEATS_FEATURE = "beats"
+LABELS_FEATURE = "is_anomaly"
 FEATURES = {
-    BEAT_KEY: tf.io.FixedLenFeature([], tf.string),
-    IS_ANOMALY_KEY: tf.io.FixedLenFeature([], tf.int64),
+    BEATS_FEATURE: tf.io.FixedLenFeature([], tf.string),
+    LABELS_FEATURE: tf.io.VarLenFeature(tf.int64),
 }
 
 
-def encode_record(record: dict) -> bytes:
-    """A beat record as a serialised ``tf.train.Example``."""
-    beat = np.asarray(record[BEAT_KEY], dtype="<f4")
+def _integers(values) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(values, np.int64).tolist()))
 
-    def integer(value):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
-    def text(value):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode()]))
+def _texts(values) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode() for value in values]))
 
-    features = {BEAT_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[beat.tobytes()])),
-                IS_ANOMALY_KEY: integer(record[IS_ANOMALY_KEY]), SOURCE_CLASS_KEY: text(record[SOURCE_CLASS_KEY]),
-                SOURCE_KEY: text(record[SOURCE_KEY]), ROW_NUMBER_KEY: integer(record[ROW_NUMBER_KEY]),
-                SAMPLE_KEY: integer(record[SAMPLE_KEY])}
+
+def encode_chunk(chunk: BeatChunk) -> bytes:
+    """A split's chunk (``sample_keys`` set) as a serialised ``tf.train.Example``."""
+    features = {BEATS_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[np.ascontiguousarray(chunk.beats, dtype="<f4").tobytes()])),
+                LABELS_FEATURE: _integers(chunk.is_anomaly), "row_number": _integers(chunk.row_numbers),
+                "sample_key": _integers(chunk.sample_keys), "source_class": _texts(chunk.source_classes),
+                "source": _texts([chunk.source]), "split": _texts([chunk.split or ""])}
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def decode_record(serialized: bytes) -> dict:
-    """The record ``encode_record`` wrote (the beat as float32 ``[BEAT_LENGTH]``)."""
+def decode_chunk(serialized: bytes) -> BeatChunk:
+    """The chunk ``encode_chunk`` wrote."""
     feature = tf.train.Example.FromString(serialized).features.feature
-    return {BEAT_KEY: np.frombuffer(feature[BEAT_KEY].bytes_list.value[0], dtype="<f4").astype(np.float32),
-            IS_ANOMALY_KEY: int(feature[IS_ANOMALY_KEY].int64_list.value[0]),
-            SOURCE_CLASS_KEY: feature[SOURCE_CLASS_KEY].bytes_list.value[0].decode(),
-            SOURCE_KEY: feature[SOURCE_KEY].bytes_list.value[0].decode(),
-            ROW_NUMBER_KEY: int(feature[ROW_NUMBER_KEY].int64_list.value[0]),
-            SAMPLE_KEY: int(feature[SAMPLE_KEY].int64_list.value[0])}
+    beats = np.frombuffer(feature[BEATS_FEATURE].bytes_list.value[0], dtype="<f4").astype(np.float32)
+    return BeatChunk(source=feature["source"].bytes_list.value[0].decode(),
+                     row_numbers=np.asarray(feature["row_number"].int64_list.value, np.int64),
+                     beats=beats.reshape(-1, BEAT_LENGTH),
+                     is_anomaly=np.asarray(feature[LABELS_FEATURE].int64_list.value, np.int64),
+                     source_classes=np.asarray([value.decode() for value in feature["source_class"].bytes_list.value],
+                                               dtype=object),
+                     sample_keys=np.asarray(feature["sample_key"].int64_list.value, np.int64),
+                     split=feature["split"].bytes_list.value[0].decode() or None)
 
 
-def _parse(serialized):
+def _training_beats(serialized):
+    """A chunk record's training beats (normal or unlabelled) as float32 ``[n, BEAT_LENGTH]``."""
     parsed = tf.io.parse_single_example(serialized, FEATURES)
-    beat = tf.reshape(tf.io.decode_raw(parsed[BEAT_KEY], tf.float32, little_endian=True), [BEAT_LENGTH])
-    return beat, parsed[IS_ANOMALY_KEY]
+    beats = tf.reshape(tf.io.decode_raw(parsed[BEATS_FEATURE], tf.float32, little_endian=True), [-1, BEAT_LENGTH])
+    labels = tf.sparse.to_dense(parsed[LABELS_FEATURE])
+    return tf.boolean_mask(beats, tf.not_equal(labels, ANOMALY))
 
 
 def batch_count(beats: int, batch_size: int) -> int:
@@ -89,9 +98,7 @@ def training_dataset(paths: list[str], transform, beats: int, batch_size: int, s
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(INTERLEAVE_CYCLE, max(len(paths), 1)),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    beats_only = (records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
-                  .filter(lambda beat, label: tf.not_equal(label, ANOMALY))
-                  .map(lambda beat, label: beat))
+    beats_only = records.map(_training_beats, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     if shuffle_buffer:
         beats_only = beats_only.shuffle(min(shuffle_buffer, beats), seed=seed, reshuffle_each_iteration=True)
     batches = (beats_only.batch(batch_size)

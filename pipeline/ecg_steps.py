@@ -6,9 +6,10 @@ byte ranges (line formats), row groups (parquet) or generated shards (synthetic)
 over workers with a ``Reshuffle`` (only the small task descriptions move), so many shards, and large
 text files, are read by many workers at once. Line numbers of split text files come from a first,
 cheap pass that counts the newlines of every range (a side input of one count per range). Every row
-is then validated (``ValidateRows``): good rows become beat records, bad rows go to the ``errors``
-output with their file, row number and reason. ``AssignSplits`` adds the ``split`` field and the
-beat's hash ``sample_key`` (``pipeline.splits``), one record at a time: nothing groups a class.
+is then validated (``ValidateRows``), a batch at a time: the good rows of a batch become one
+``BeatChunk`` (many beats of one file as columns: one Beam element per few thousand beats), bad rows
+go to the ``errors`` output, one each, with their file, row number and reason. ``AssignSplits`` cuts
+chunks by split, each beat placed by its own hash (``pipeline.splits``): nothing groups a class.
 Every file is opened through Beam's ``FileSystems``.
 """
 
@@ -22,23 +23,12 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from models.ecg import (
-    ANOMALY,
-    BEAT_KEY,
-    BEAT_LENGTH,
-    IS_ANOMALY_KEY,
-    ROW_NUMBER_KEY,
-    SOURCE_CLASS_KEY,
-    SOURCE_KEY,
-    shards,
-    sources,
-)
+from models.ecg import ANOMALY, chunks, shards, sources
+from models.ecg.chunks import BeatChunk
 from models.ecg.download import TF_ECG_ALIAS, is_http_url
 from pipeline import splits
 
 METRICS_NAMESPACE = "heartwatch"
-SPLIT_KEY = "split"
-SAMPLE_KEY = "sample_key"
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -120,7 +110,10 @@ def number_task(task: shards.ReadTask, newline_counts: dict) -> shards.ReadTask:
 
 
 class ReadTaskRows(beam.DoFn):
-    """One read task -> its raw rows as ``(source, row_number, values, label_text)``; the worker opens the file."""
+    """One read task -> its raw rows in batches: ``(source, [(row_number, values, label_text), ...])``.
+
+    The worker opens the file; a batch holds at most ``chunks.CHUNK_BEATS`` rows.
+    """
 
     def __init__(self, cache_dir: str | None = None):
         self.cache_dir = cache_dir
@@ -131,13 +124,13 @@ class ReadTaskRows(beam.DoFn):
     def process(self, task: shards.ReadTask):
         self.tasks_read.inc()
         task = dataclasses.replace(task, location=readable_path(task.location, self.cache_dir))
-        for row_number, values, label_text in shards.task_rows(task, open_with_beam_filesystems):
-            yield task.source, row_number, values, label_text
+        for batch in chunks.batched(shards.task_rows(task, open_with_beam_filesystems)):
+            yield task.source, batch
 
 
 class ValidateRows(beam.DoFn):
-    """Turns raw ``(source, row_number, values, label_text)`` rows into beat records; bad rows go to the
-    ``errors`` output with their source, row number and reason."""
+    """Turns a batch of raw rows of one file into a ``BeatChunk`` of its valid beats; bad rows go to the
+    ``errors`` output, one each, with their source, row number and reason (``sources.validate_rows``)."""
 
     ERRORS = "errors"
 
@@ -149,22 +142,22 @@ class ValidateRows(beam.DoFn):
         self.bad_rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "bad_rows")
         self.specs = {}
 
-    def process(self, raw_row):
-        source, row_number, values, label_text = raw_row
+    def process(self, source_rows):
+        source, rows = source_rows
         spec = self.specs.get(source)
         if spec is None:
             spec = self.specs[source] = sources.file_spec(self.spec, source)
-        record, error = sources.validate_row(row_number, values, label_text, spec)
-        if error is not None:
-            self.bad_rows.inc()
+        chunk, errors = sources.validate_rows(rows, spec)
+        self.valid_rows.inc(len(chunk))
+        self.bad_rows.inc(len(errors))
+        for error in errors:
             yield beam.pvalue.TaggedOutput(self.ERRORS, error)
-        else:
-            self.valid_rows.inc()
-            yield record
+        if len(chunk):
+            yield chunk
 
 
 class ReadValidRows(beam.PTransform):
-    """Dataset spec -> ``(records, errors)``: valid beat records and the bad rows with their reasons.
+    """Dataset spec -> ``(chunks, errors)``: ``BeatChunk`` s of valid beats and the bad rows with their reasons.
 
     ``block_bytes`` is the byte range of one read task in split text files. ``digests``, after
     expansion, is the PCollection of ``(path, sha256)`` of every file read (empty for synthetic data).
@@ -198,43 +191,30 @@ class ReadValidRows(beam.PTransform):
         return validated.records, validated[ValidateRows.ERRORS]
 
 
-def with_split(record: dict, config: splits.SplitConfig) -> dict:
-    """The record with its ``split`` and ``sample_key`` (the beat's hash; see ``pipeline.splits``)."""
-    name, key = splits.split_of(config, record[SOURCE_KEY], record[ROW_NUMBER_KEY], record[SOURCE_CLASS_KEY])
-    return {**record, SPLIT_KEY: name, SAMPLE_KEY: key}
+def split_chunk(chunk: BeatChunk, config: splits.SplitConfig) -> list[BeatChunk]:
+    """The chunk cut by split (``pipeline.splits``, beat by beat), each part with its beats' ``sample_keys``."""
+    assigned = [splits.split_of(config, chunk.source, int(row_number), str(source_class))
+                for row_number, source_class in zip(chunk.row_numbers, chunk.source_classes)]
+    names = np.asarray([name for name, _ in assigned], dtype=object)
+    keyed = dataclasses.replace(chunk, sample_keys=np.asarray([key for _, key in assigned], dtype=np.int64))
+    return [dataclasses.replace(keyed.take(names == name), split=name) for name in splits.SPLITS
+            if (names == name).any()]
 
 
 class AssignSplits(beam.PTransform):
-    """Adds ``split`` and ``sample_key`` to every record, each on its own: seeded, stratified by class hashing."""
+    """Chunks -> chunks of one split each, every beat placed on its own: seeded, stratified by class hashing."""
 
     def __init__(self, config: splits.SplitConfig):
         super().__init__()
         self.config = config
 
-    def expand(self, records):
-        return records | "AssignSplit" >> beam.Map(with_split, self.config)
+    def expand(self, chunks_of_beats):
+        return chunks_of_beats | "AssignSplit" >> beam.FlatMap(split_chunk, self.config)
 
 
-def is_training_normal(record) -> bool:
-    """Normal or unlabelled beats train the model; known anomalies never do."""
-    return record[IS_ANOMALY_KEY] != ANOMALY
-
-
-def beat_instance(record) -> dict:
-    """The instance tensorflow-transform analyses: the raw beat alone."""
-    return {BEAT_KEY: np.asarray(record[BEAT_KEY], dtype=np.float32)}
-
-
-def stack(records, key: str) -> np.ndarray:
-    """One field of every record stacked into a float32 [n, BEAT_LENGTH] array."""
-    if not records:
-        return np.zeros((0, BEAT_LENGTH), np.float32)
-    return np.stack([np.asarray(record[key], dtype=np.float32) for record in records])
-
-
-def labels(records) -> np.ndarray:
-    """The records' ``is_anomaly`` labels (0 normal, 1 anomaly, or the unknown marker)."""
-    return np.asarray([record[IS_ANOMALY_KEY] for record in records], dtype=np.int64)
+def training_normals(chunk: BeatChunk) -> BeatChunk:
+    """The beats that train the model: normal or unlabelled; known anomalies never do."""
+    return chunk.take(chunk.is_anomaly != ANOMALY)
 
 
 def error_sort_key(error: dict) -> tuple:

@@ -2,19 +2,23 @@
 
 ``ScoreBeatFiles`` reads a split's TFRecord shards (``pipeline.beat_files``) once an upstream step has
 produced the model they are scored with (its input is that step's output: one trigger element), and
-scores the raw beats with ``RunInference`` and ``pipeline.score.DetectorModelHandler``, the same
-handler `heartwatch score` uses. What comes out is reduced without ever holding a split in a list:
+scores the raw beats, a chunk per element, with ``RunInference`` and
+``pipeline.score.DetectorModelHandler``, the same handler `heartwatch score` uses. Its output is
+``(BeatChunk, outputs)`` pairs (one array per detector output), reduced without ever holding a split:
 
-- ``score_pairs`` -> ``ScoreSummaryFn`` (``pipeline.combiners``): a mergeable summary of
+- ``score_pairs`` -> ``summary_fn()`` (``pipeline.combiners.ScoreSummaryFn``): a mergeable summary of
   ``(label, anomaly_score)`` per class, from which ``calibrate`` takes the threshold and
   ``classification`` the detection metrics (``models.detection.summaries``; exact while a class is
   small, a fine fixed-bin histogram with stated error bounds beyond);
 - ``flag_counts``: beats and flagged beats per source class (``detection_rates``);
-- ``SampleScored``: a bounded, deterministic sample (the smallest ``sample_key`` s) for the report's
-  plots and ``test_scores.npz``.
+- ``SampleScored``: a bounded, deterministic sample (the beats of smallest ``sample_priority``) for the
+  report's plots and ``test_scores.npz``; only beats below a priority cutoff sized from the split's
+  count ever become per-beat rows.
 """
 
 from __future__ import annotations
+
+import collections
 
 import apache_beam as beam
 import numpy as np
@@ -31,11 +35,13 @@ from models.ecg import (
     SOURCE_KEY,
     UNKNOWN_LABEL,
 )
-from pipeline.beat_files import SAMPLE_KEY, decode_record
+from pipeline.beat_files import decode_chunk
 
 SAMPLE_LIMIT = 10_000
+SAMPLE_OVERSHOOT = 2.0
 FLAGGED_KEY = "flagged"
-METADATA_KEYS = (SOURCE_KEY, ROW_NUMBER_KEY, IS_ANOMALY_KEY, SOURCE_CLASS_KEY, SAMPLE_KEY)
+PRIORITY_KEY = "priority"
+_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 try:  # the mergeable summaries (helper "summaries"); until they are merged, exact score arrays
     from models.detection import summaries
@@ -122,29 +128,29 @@ def selection_roc_auc(summary) -> float | None:
     return classification(summary, 0.0)["roc_auc"]
 
 
-def keyed_beat(record: dict):
-    """``(metadata, raw beat)``: what ``RunInference`` with a keyed handler takes."""
-    return tuple(record[key] for key in METADATA_KEYS), record[BEAT_KEY]
+def sample_priority(sample_keys: np.ndarray) -> np.ndarray:
+    """A per-beat sampling priority, uniform in [0, 2**63) even within one split (whose split keys share a range)."""
+    with np.errstate(over="ignore"):
+        return ((np.asarray(sample_keys).astype(np.uint64) * _MIX) >> np.uint64(1)).astype(np.int64)
 
 
-def scored_row(keyed_result) -> dict:
-    """A scored beat as a flat dict: its metadata (``is_anomaly`` is the label), its raw beat and the detector's
-    outputs for it (its decision as ``flagged``)."""
-    metadata, result = keyed_result
-    outputs = result.inference
-    return {**dict(zip(METADATA_KEYS, metadata)), BEAT_KEY: np.asarray(result.example, np.float32),
-            "anomaly_score": outputs["anomaly_score"], "reconstruction_error": outputs["reconstruction_error"],
-            "threshold": outputs["threshold"], FLAGGED_KEY: bool(outputs["is_anomaly"])}
+def scored_chunk(keyed_result) -> tuple:
+    """``(BeatChunk, outputs)`` of one ``RunInference`` result."""
+    chunk, result = keyed_result
+    return chunk, result.inference
 
 
-def score_pair(row: dict) -> tuple[int, float]:
-    """``(label, anomaly_score)``, the input of the summary CombineFn."""
-    return int(row[IS_ANOMALY_KEY]), float(row["anomaly_score"])
+def score_pairs(scored) -> list[tuple[int, float]]:
+    """``(label, anomaly_score)`` of every beat of a scored chunk, the input of the summary CombineFn."""
+    chunk, outputs = scored
+    return list(zip(chunk.is_anomaly.tolist(), outputs["anomaly_score"].tolist()))
 
 
-def flag_key(row: dict) -> tuple[str, bool]:
-    """``(source class, flagged)``: counted per key for the detection rate of every class."""
-    return str(row[SOURCE_CLASS_KEY]), row[FLAGGED_KEY]
+def flag_counts(scored) -> list[tuple[tuple[str, bool], int]]:
+    """``((source class, flagged), beats)`` of a scored chunk, summed per key for ``detection_rates``."""
+    chunk, outputs = scored
+    return list(collections.Counter(zip((str(name) for name in chunk.source_classes),
+                                        outputs["is_anomaly"].astype(bool).tolist())).items())
 
 
 def detection_rates(flag_counts) -> dict:
@@ -157,15 +163,31 @@ def detection_rates(flag_counts) -> dict:
             for name, (beats, flagged) in sorted(totals.items())}
 
 
+def sampled_rows(scored, expected_beats: int, limit: int = SAMPLE_LIMIT) -> list[dict]:
+    """Per-beat rows of the chunk's beats whose priority is under the cutoff that keeps about
+    ``SAMPLE_OVERSHOOT * limit`` of ``expected_beats`` (all of them when the split is small)."""
+    chunk, outputs = scored
+    fraction = min(1.0, SAMPLE_OVERSHOOT * limit / max(expected_beats, 1))
+    priorities = sample_priority(chunk.sample_keys)
+    chosen = np.flatnonzero(priorities < fraction * float(1 << 63)) if fraction < 1.0 else np.arange(len(chunk))
+    return [{SOURCE_KEY: chunk.source, ROW_NUMBER_KEY: int(chunk.row_numbers[index]),
+             IS_ANOMALY_KEY: int(chunk.is_anomaly[index]), SOURCE_CLASS_KEY: str(chunk.source_classes[index]),
+             BEAT_KEY: chunk.beats[index], PRIORITY_KEY: int(priorities[index]),
+             "anomaly_score": float(outputs["anomaly_score"][index]),
+             "reconstruction_error": float(outputs["reconstruction_error"][index]),
+             "threshold": float(outputs["threshold"][index]), FLAGGED_KEY: bool(outputs["is_anomaly"][index])}
+            for index in chosen]
+
+
 class ScoreBeatFiles(beam.PTransform):
-    """Trigger element -> scored beats of the split files ``files`` (a side input), one dict per beat.
+    """Trigger element -> ``(BeatChunk, outputs)`` of the split files ``files`` (a side input).
 
     The files are listed only when the trigger arrives (the model in ``model_directory`` exists by
     then); ``ReadAllFromTFRecord`` reshuffles the file ranges, so ``RunInference`` loads the model in
     a later stage than the one that wrote it.
     """
 
-    def __init__(self, model_directory: str, files, batch_size: int = 1024):
+    def __init__(self, model_directory: str, files, batch_size: int = 4096):
         super().__init__()
         self.model_directory = model_directory
         self.files = files
@@ -174,22 +196,28 @@ class ScoreBeatFiles(beam.PTransform):
     def expand(self, trigger):
         from pipeline.score import DetectorModelHandler
 
-        handler = KeyedModelHandler(DetectorModelHandler(self.model_directory, self.batch_size))
+        handler = KeyedModelHandler(DetectorModelHandler(self.model_directory, self.batch_size, chunked=True))
         return (trigger
                 | "ListFiles" >> beam.FlatMap(lambda _, paths: sorted(paths), paths=beam.pvalue.AsList(self.files))
-                | "ReadBeats" >> beam.io.ReadAllFromTFRecord()
-                | "Decode" >> beam.Map(decode_record)
-                | "Key" >> beam.Map(keyed_beat)
+                | "ReadChunks" >> beam.io.ReadAllFromTFRecord()
+                | "Decode" >> beam.Map(decode_chunk)
+                | "Key" >> beam.Map(lambda chunk: (chunk, chunk.beats))
                 | "Score" >> RunInference(handler)
-                | "Rows" >> beam.Map(scored_row))
+                | "Outputs" >> beam.Map(scored_chunk))
 
 
 class SampleScored(beam.PTransform):
-    """Scored rows -> one list of at most ``limit`` of them: those with the smallest ``sample_key`` s."""
+    """Scored chunks -> one list of at most ``limit`` per-beat rows: those of smallest priority.
 
-    def __init__(self, limit: int = SAMPLE_LIMIT):
+    ``expected_beats`` is a singleton side input: how many beats the split holds (it sizes the cutoff).
+    """
+
+    def __init__(self, expected_beats, limit: int = SAMPLE_LIMIT):
         super().__init__()
+        self.expected_beats = expected_beats
         self.limit = limit
 
-    def expand(self, rows):
-        return rows | "Smallest" >> beam.combiners.Top.Of(self.limit, key=lambda row: row[SAMPLE_KEY], reverse=True)
+    def expand(self, scored):
+        return (scored
+                | "Candidates" >> beam.FlatMap(sampled_rows, beam.pvalue.AsSingleton(self.expected_beats), self.limit)
+                | "Smallest" >> beam.combiners.Top.Of(self.limit, key=lambda row: row[PRIORITY_KEY], reverse=True))

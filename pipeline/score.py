@@ -25,7 +25,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from models.common import files
 from models.common.flags import parse_beam_flags
-from models.ecg import ANOMALY, BEAT_KEY, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_CLASS_KEY, SOURCE_KEY, UNKNOWN_LABEL
+from models.ecg import ANOMALY, UNKNOWN_LABEL
+from models.ecg.chunks import BeatChunk
 from pipeline import evaluation
 from pipeline.config import ScoreConfig
 from pipeline.ecg_steps import ReadValidRows, resolve_spec
@@ -40,12 +41,18 @@ METRICS_SUFFIX = ".metrics.partial"
 
 
 class DetectorModelHandler(ModelHandler):
-    """RunInference handler for heartwatch detectors: loads ``load_detector(path)``, delegates to ``Detector.score``."""
+    """RunInference handler for heartwatch detectors: loads ``load_detector(path)``, delegates to ``Detector.score``.
 
-    def __init__(self, model_path: str, max_batch_size: int = 1024):
+    An example is one beat ``[BEAT_LENGTH]`` (its inference: one float per output), or with ``chunked`` a
+    chunk of beats ``[n, BEAT_LENGTH]`` (its inference: one array per output), which is how the jobs
+    score: one element per few thousand beats.
+    """
+
+    def __init__(self, model_path: str, max_batch_size: int = 1024, chunked: bool = False):
         super().__init__()
         self.model_path = model_path
         self.max_batch_size = max_batch_size
+        self.chunked = chunked
 
     def load_model(self):
         from models.detection.detector import load_detector
@@ -53,39 +60,49 @@ class DetectorModelHandler(ModelHandler):
         return load_detector(self.model_path)
 
     def run_inference(self, batch, model, inference_args=None):
-        scores = model.score(np.stack(batch), batch_size=self.max_batch_size)
-        return [PredictionResult(example, {key: scores[key][index].item() for key in ROW_OUTPUTS})
-                for index, example in enumerate(batch)]
+        if not self.chunked:
+            scores = model.score(np.stack(batch), batch_size=self.max_batch_size)
+            return [PredictionResult(example, {key: scores[key][index].item() for key in ROW_OUTPUTS})
+                    for index, example in enumerate(batch)]
+        scores = model.score(np.concatenate(batch), batch_size=self.max_batch_size)
+        ends = np.cumsum([len(example) for example in batch])
+        return [PredictionResult(example, {key: scores[key][end - len(example):end] for key in ROW_OUTPUTS})
+                for example, end in zip(batch, ends)]
 
     def batch_elements_kwargs(self):
+        if self.chunked:
+            return {"min_batch_size": 1, "max_batch_size": 1}
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
 
 
-def _keyed_beat(record):
-    return ((record[ROW_NUMBER_KEY], record[IS_ANOMALY_KEY], record[SOURCE_CLASS_KEY], record[SOURCE_KEY]),
-            np.asarray(record[BEAT_KEY], dtype=np.float32))
+def _keyed_chunk(chunk: BeatChunk):
+    return chunk, chunk.beats
 
 
 def _text_field(value: str) -> str:
-    return value.replace(",", " ").replace("\n", " ")
+    return str(value).replace(",", " ").replace("\n", " ")
 
 
-def csv_row(keyed_result) -> str:
-    """One output CSV line from ``((row_number, is_anomaly, source_class, source), PredictionResult)``."""
-    (row_number, is_anomaly, source_class, source), result = keyed_result
+def csv_rows(keyed_result) -> list[str]:
+    """The output CSV lines of one scored chunk ``(BeatChunk, PredictionResult)``."""
+    chunk, result = keyed_result
     inference = result.inference
-    label = "" if is_anomaly == UNKNOWN_LABEL else str(is_anomaly)
-    return (f"{row_number},{inference['reconstruction_error']:.8g},{inference['threshold']:.8g},"
-            f"{int(inference['is_anomaly'])},{label},{_text_field(source_class)},{_text_field(source)}")
+    source = _text_field(chunk.source)
+    return [f"{row_number},{error:.8g},{threshold:.8g},{int(flagged)},"
+            f"{'' if label == UNKNOWN_LABEL else label},{_text_field(source_class)},{source}"
+            for row_number, error, threshold, flagged, label, source_class in zip(
+                chunk.row_numbers.tolist(), inference["reconstruction_error"].tolist(),
+                inference["threshold"].tolist(), inference["is_anomaly"].tolist(), chunk.is_anomaly.tolist(),
+                chunk.source_classes)]
 
 
-def _metrics_input(keyed_result) -> tuple:
-    (_, is_anomaly, _, _), result = keyed_result
-    return int(is_anomaly), float(result.inference["anomaly_score"])
+def _metrics_inputs(keyed_result):
+    chunk, result = keyed_result
+    return zip(chunk.is_anomaly.tolist(), result.inference["anomaly_score"].tolist())
 
 
 def _threshold(keyed_result) -> float:
-    return float(keyed_result[1].inference["threshold"])
+    return float(keyed_result[1].inference["threshold"][0])
 
 
 def score_metrics(summary, threshold: float | None) -> dict | None:
@@ -143,24 +160,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: ScoreConfig, model_directory
                    metrics_path: str) -> None:
     """Adds the scoring job to ``pipeline``: read -> validate -> RunInference -> CSV, errors and metrics."""
     spec = resolve_spec(config.dataset_spec())
-    handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size))
-    records, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec)
-    scored = (records
-              | "Key" >> beam.Map(_keyed_beat)
+    handler = KeyedModelHandler(DetectorModelHandler(model_directory, config.batch_size, chunked=True))
+    beat_chunks, errors = pipeline | "ReadValidRows" >> ReadValidRows(spec)
+    scored = (beat_chunks
+              | "Key" >> beam.Map(_keyed_chunk)
               | "Score" >> RunInference(handler))
     single = config.num_shards == 1
     _ = (scored
-         | "CsvRows" >> beam.Map(csv_row)
+         | "CsvRows" >> beam.FlatMap(csv_rows)
          | "WriteScores" >> beam.io.WriteToText(config.out, shard_name_template="" if single else None,
                                                 num_shards=config.num_shards, header=",".join(CSV_COLUMNS)))
     _ = (errors
          | "ErrorLines" >> beam.Map(json.dumps)
          | "WriteErrors" >> beam.io.WriteToText(errors_path, shard_name_template="", num_shards=1))
-    summary = (scored | "MetricInputs" >> beam.Map(_metrics_input)
+    summary = (scored | "MetricInputs" >> beam.FlatMap(_metrics_inputs)
                | "Summarise" >> beam.CombineGlobally(evaluation.summary_fn()))
     thresholds = (scored | "Thresholds" >> beam.Map(_threshold)
                   | "OneThreshold" >> beam.combiners.Sample.FixedSizeGlobally(1))
-    scored_rows = scored | "CountScored" >> beam.combiners.Count.Globally()
+    scored_rows = (scored | "ChunkSizes" >> beam.Map(lambda keyed: len(keyed[0]))
+                   | "CountScored" >> beam.CombineGlobally(sum))
     bad_rows = errors | "CountBad" >> beam.combiners.Count.Globally()
     _ = (summary
          | "Result" >> beam.Map(score_summary, beam.pvalue.AsSingleton(thresholds),

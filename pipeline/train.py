@@ -33,23 +33,16 @@ import json
 import logging
 
 import apache_beam as beam
+import numpy as np
 
 from models.common import artifacts, files
 from models.common.flags import parse_beam_flags
-from models.ecg import SOURCE_CLASS_KEY, shards
+from models.ecg import shards
 from pipeline import evaluation, splits
-from pipeline.beat_files import FILE_SUFFIX, encode_record
+from pipeline.beat_files import FILE_SUFFIX, encode_chunk
 from pipeline.config import TrainConfig
 from pipeline.ecg_candidates import TrainCandidate, detector_directory, rank
-from pipeline.ecg_steps import (
-    SPLIT_KEY,
-    AssignSplits,
-    ReadValidRows,
-    beat_instance,
-    error_sort_key,
-    is_training_normal,
-    resolve_spec,
-)
+from pipeline.ecg_steps import AssignSplits, ReadValidRows, error_sort_key, resolve_spec, training_normals
 from pipeline.export import (
     ERRORS_FILE,
     REPORT_DIRECTORY,
@@ -95,22 +88,30 @@ def _candidate_names(config: TrainConfig) -> list[str]:
     return names
 
 
-def _materialise(split_records, work_directory: str) -> tuple[dict, list]:
-    """Writes every split's raw records as TFRecord shards: ``(written paths by split, records by split)``."""
-    by_split = split_records | "PartitionSplits" >> beam.Partition(
-        lambda record, _: splits.SPLITS.index(record[SPLIT_KEY]), len(splits.SPLITS))
+def _materialise(split_chunks, work_directory: str) -> tuple[dict, list]:
+    """Writes every split's raw chunks as TFRecord shards: ``(written paths by split, chunks by split)``."""
+    by_split = split_chunks | "PartitionSplits" >> beam.Partition(
+        lambda chunk, _: splits.SPLITS.index(chunk.split), len(splits.SPLITS))
     written = {}
     for index, name in enumerate(splits.SPLITS):
         written[name] = (by_split[index]
-                         | f"Encode {name}" >> beam.Map(encode_record)
+                         | f"Encode {name}" >> beam.Map(encode_chunk)
                          | f"Write {name}" >> beam.io.WriteToTFRecord(shard_prefix(work_directory, name),
                                                                        file_name_suffix=FILE_SUFFIX))
     return written, by_split
 
 
-def _normal_count(records, label: str):
-    return (records | f"{label} normals" >> beam.Filter(is_training_normal)
-            | f"Count {label} normals" >> beam.combiners.Count.Globally())
+def _beat_count(split_chunks, label: str, normal_only: bool = False):
+    def count(chunk) -> int:
+        return len(training_normals(chunk)) if normal_only else len(chunk)
+
+    return (split_chunks | f"Size {label}" >> beam.Map(count)
+            | f"Count {label}" >> beam.CombineGlobally(sum))
+
+
+def _class_counts(chunk) -> list:
+    names, counts = np.unique(np.asarray(chunk.source_classes, dtype=str), return_counts=True)
+    return [((chunk.split, str(name)), int(count)) for name, count in zip(names, counts)]
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directory: str,
@@ -122,7 +123,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
     """
     import tensorflow_transform.beam as tft_beam
 
-    from pipeline.transform import WriteTransform, make_preprocessing_fn, raw_metadata
+    from pipeline.transform import WriteTransform, beats_record_batch, make_preprocessing_fn, tensor_adapter_config
 
     spec = resolve_spec(config.dataset_spec())
     work_directory = work_directory or files.join(staging_directory, WORK_DIRECTORY)
@@ -130,7 +131,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
     names = _candidate_names(config)
 
     read = ReadValidRows(spec, block_bytes)
-    records, errors = pipeline | "ReadValidRows" >> read
+    beat_chunks, errors = pipeline | "ReadValidRows" >> read
     digests = read.digests | "AllDigests" >> beam.combiners.ToList()
     _ = (errors
          | "SortErrors" >> beam.combiners.ToList()
@@ -139,20 +140,22 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                                                 num_shards=1))
     bad_row_count = errors | "CountErrors" >> beam.combiners.Count.Globally()
 
-    split_records = records | "Split" >> AssignSplits(config.split_config())
-    split_counts = (split_records | "SplitNames" >> beam.Map(lambda record: record[SPLIT_KEY])
-                    | "CountSplits" >> beam.combiners.Count.PerElement())
-    class_split_counts = (split_records
-                          | "SplitClasses" >> beam.Map(lambda record: (record[SPLIT_KEY], record[SOURCE_CLASS_KEY]))
-                          | "CountSplitClasses" >> beam.combiners.Count.PerElement())
-    shard_files, by_split = _materialise(split_records, work_directory)
-    train, validation = (by_split[splits.SPLITS.index(name)] for name in (splits.TRAIN, splits.VALIDATION))
-    train_beats, validation_beats = _normal_count(train, "Train"), _normal_count(validation, "Validation")
+    split_chunks = beat_chunks | "Split" >> AssignSplits(config.split_config())
+    split_counts = (split_chunks | "SplitSizes" >> beam.Map(lambda chunk: (chunk.split, len(chunk)))
+                    | "CountSplits" >> beam.CombinePerKey(sum))
+    class_split_counts = (split_chunks | "SplitClasses" >> beam.FlatMap(_class_counts)
+                          | "CountSplitClasses" >> beam.CombinePerKey(sum))
+    shard_files, by_split = _materialise(split_chunks, work_directory)
+    train, validation, test = (by_split[splits.SPLITS.index(name)] for name in splits.SPLITS)
+    train_beats = _beat_count(train, "train normals", normal_only=True)
+    validation_beats = _beat_count(validation, "validation normals", normal_only=True)
+    test_beats = _beat_count(test, "test beats")
 
     with tft_beam.Context(temp_dir=files.join(work_directory, "tft_tmp")):
-        train_instances = (train | "TrainNormals" >> beam.Filter(is_training_normal)
-                           | "TrainInstances" >> beam.Map(beat_instance))
-        transform_fn = ((train_instances, raw_metadata())
+        train_batches = (train | "TrainNormals" >> beam.Map(training_normals)
+                         | "NonEmpty" >> beam.Filter(len)
+                         | "RecordBatches" >> beam.Map(lambda chunk: beats_record_batch(chunk.beats)))
+        transform_fn = ((train_batches, tensor_adapter_config())
                         | "Analyze" >> tft_beam.AnalyzeDataset(make_preprocessing_fn(config.normalization)))
         transform_ready = transform_fn | "WriteTransform" >> WriteTransform(transform_directory)
 
@@ -172,7 +175,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
         one = trained | f"Only {name}" >> beam.Filter(lambda item, name=name: item["candidate"]["name"] == name)
         scored = one | f"Score validation {name}" >> evaluation.ScoreBeatFiles(
             detector_directory(work_directory, name), shard_files[splits.VALIDATION])
-        summary = (scored | f"Validation pairs {name}" >> beam.Map(evaluation.score_pair)
+        summary = (scored | f"Validation pairs {name}" >> beam.FlatMap(evaluation.score_pairs)
                    | f"Summarise validation {name}" >> beam.CombineGlobally(evaluation.summary_fn()))
         ranked.append(one | f"Rank {name}" >> beam.Map(rank, beam.pvalue.AsSingleton(summary)))
     ranked = ranked | "AllCandidates" >> beam.Flatten()
@@ -182,12 +185,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                 | "Export" >> beam.ParDo(ExportDetector(config, staging_directory, transform_directory),
                                          transform_ready=beam.pvalue.AsSingleton(transform_ready)))
 
-    test_rows = exported | "Score test" >> evaluation.ScoreBeatFiles(staging_directory, shard_files[splits.TEST])
-    test_summary = (test_rows | "Test pairs" >> beam.Map(evaluation.score_pair)
+    test_scored = exported | "Score test" >> evaluation.ScoreBeatFiles(staging_directory, shard_files[splits.TEST])
+    test_summary = (test_scored | "Test pairs" >> beam.FlatMap(evaluation.score_pairs)
                     | "Summarise test" >> beam.CombineGlobally(evaluation.summary_fn()))
-    flag_counts = (test_rows | "Flags" >> beam.Map(evaluation.flag_key)
-                   | "Count flags" >> beam.combiners.Count.PerElement())
-    test_sample = test_rows | "Sample test" >> evaluation.SampleScored()
+    flag_counts = (test_scored | "Flags" >> beam.FlatMap(evaluation.flag_counts)
+                   | "Count flags" >> beam.CombinePerKey(sum))
+    test_sample = test_scored | "Sample test" >> evaluation.SampleScored(test_beats)
     return exported | "Finish" >> beam.ParDo(
         FinishVersion(config, staging_directory, transform_directory),
         test_summary=beam.pvalue.AsSingleton(test_summary), flag_counts=beam.pvalue.AsList(flag_counts),

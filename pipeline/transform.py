@@ -1,9 +1,10 @@
 """tensorflow-transform: beat normalisation analysed on training normals, replayed in the export.
 
 ``preprocessing_fn`` scales beats with global statistics of the normal training beats: min-max to
-[0, 1] (the tutorial) or z-score. The analysed graph is written by ``WriteTransform`` and wrapped by
-``TransformGraph``, which the training input pipeline applies to every batch and the exported detector
-calls on raw beats.
+[0, 1] (the tutorial) or z-score. The training job hands TFT the training normals as Arrow record
+batches (``beats_record_batch``: a chunk's beats as one column, no per-beat encoding). The analysed
+graph is written by ``WriteTransform`` and wrapped by ``TransformGraph``, which the training input
+pipeline applies to every batch and the exported detector calls on raw beats.
 
 ``WriteTransform`` does what ``tft_beam.WriteTransformFn`` does (the same directory layout, read by
 ``tft.TFTransformOutput``) without renaming directories: it copies the analysed SavedModel file by
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import tensorflow as tf
 import tensorflow_transform as tft
 from tensorflow_transform.beam.tft_beam_io import beam_metadata_io
@@ -29,6 +31,22 @@ def raw_metadata() -> dataset_metadata.DatasetMetadata:
     """Schema of the raw instances TFT sees: one fixed-length float feature, the beat."""
     feature_spec = {BEAT_KEY: tf.io.FixedLenFeature([BEAT_LENGTH], tf.float32)}
     return dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(feature_spec))
+
+
+def tensor_adapter_config():
+    """How TFT reads beats given as Arrow record batches (``beats_record_batch``): one dense float [140] column."""
+    from tfx_bsl.tfxio import tf_example_record
+
+    return tf_example_record.TFExampleBeamRecord(physical_format="inmem",
+                                                 schema=raw_metadata().schema).TensorAdapterConfig()
+
+
+def beats_record_batch(beats: np.ndarray) -> pa.RecordBatch:
+    """Beats ``[n, BEAT_LENGTH]`` as the record batch TFT analyses (``tensor_adapter_config``): no per-beat encoding."""
+    beats = np.ascontiguousarray(beats, dtype=np.float32)
+    offsets = pa.array(np.arange(0, beats.size + 1, BEAT_LENGTH, dtype=np.int64), pa.int64())
+    column = pa.LargeListArray.from_arrays(offsets, pa.array(beats.reshape(-1), pa.float32()))
+    return pa.RecordBatch.from_arrays([column], [BEAT_KEY])
 
 
 def make_preprocessing_fn(normalization: str):

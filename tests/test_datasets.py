@@ -42,6 +42,7 @@ from models.ecg.sources import (
     read_tasks,
     resolve_path,
     validate_row,
+    validate_rows,
     with_resolved_format,
 )
 
@@ -660,3 +661,26 @@ def test_large_synthetic_uris_are_shards_every_reader_agrees_on(monkeypatch):
     shard_beats = [row[1] for row in shards.task_rows(tasks[1], open_data_file)]
     np.testing.assert_array_equal(dataset.beats[40:80], np.stack(shard_beats))
     assert not np.array_equal(dataset.beats[:40], dataset.beats[40:80]), "every shard has its own seed"
+
+
+def test_bulk_validation_decides_every_row_as_validate_row(tmp_path):
+    good = [(number, text_fields(beat(number)), str(1 + number % 5)) for number in range(1, 9)]
+    bad = [(20, ["0.5"] * 139, "1"), (21, ["0.5"] * 139 + ["nan"], "1"),
+           (22, ["0.5"] * 70 + ["abc"] + ["0.5"] * 69, "1"), (23, ["0.5"] * BEAT_LENGTH, "7"),
+           (24, ["1e300"] * BEAT_LENGTH, "1"), (25, [None] * BEAT_LENGTH, "1"), (26, ["0.5"] * BEAT_LENGTH, None),
+           (27, [[1.0, 2.0]] * BEAT_LENGTH, "1")]
+    rows = good[:4] + bad + good[4:]
+    spec = with_resolved_format(DatasetSpec(str(tmp_path / "beats.txt")))
+    chunk, errors = validate_rows(rows, spec)
+    one_by_one = [validate_row(*row, spec) for row in rows]
+    assert errors == [error for _, error in one_by_one if error is not None]
+    records = [record for record, _ in one_by_one if record is not None]
+    assert [record[ROW_NUMBER_KEY] for record in chunk.records()] == [record[ROW_NUMBER_KEY] for record in records]
+    for from_chunk, record in zip(chunk.records(), records):
+        np.testing.assert_array_equal(from_chunk.pop(BEAT_KEY), record.pop(BEAT_KEY))
+        assert from_chunk == record
+    numeric = [(number, beat(number), "normal" if number % 2 else "pvc") for number in range(1, 6)]
+    numeric_spec = with_resolved_format(DatasetSpec("synthetic:beats=5"))
+    chunk, errors = validate_rows(numeric + [(6, np.full(BEAT_LENGTH, np.inf), "normal")], numeric_spec)
+    assert len(chunk) == 5 and chunk.beats.dtype == np.float32 and errors[0]["row_number"] == 6
+    assert chunk.is_anomaly.tolist() == [0, 1, 0, 1, 0]

@@ -32,28 +32,33 @@ def _test_pipeline():
 def test_validate_rows_dofn_splits_good_and_bad_rows():
     function = ecg_steps.ValidateRows(_spec())
     function.setup()
-    good = list(function.process(("beats.txt", 3, ["0.1"] * BEAT_LENGTH, "1")))
-    bad = list(function.process(("beats.txt", 4, ["0.1"] * 10, "1")))
-    other = list(function.process(("data/other.txt", 5, ["0.1"] * BEAT_LENGTH, "2")))
+    outputs = list(function.process(("beats.txt", [(3, ["0.1"] * BEAT_LENGTH, "1"), (4, ["0.1"] * 10, "1"),
+                                                   (6, ["0.2"] * BEAT_LENGTH, "2")])))
+    bad, chunk = outputs
+    other = list(function.process(("data/other.txt", [(5, ["0.1"] * BEAT_LENGTH, "2")])))[0]
+    good = list(chunk.records())
     assert good[0]["row_number"] == 3 and good[0]["is_anomaly"] == 0 and good[0][BEAT_KEY].shape == (BEAT_LENGTH,)
-    assert bad[0].tag == ecg_steps.ValidateRows.ERRORS
-    assert bad[0].value["row_number"] == 4 and bad[0].value["reason"].startswith("wrong length")
-    assert bad[0].value["source"] == "beats.txt" and other[0]["source"] == "data/other.txt", "rows keep their file"
-    assert other[0]["is_anomaly"] == 1
+    assert [record["row_number"] for record in good] == [3, 6] and good[1]["is_anomaly"] == 1
+    assert bad.tag == ecg_steps.ValidateRows.ERRORS
+    assert bad.value["row_number"] == 4 and bad.value["reason"].startswith("wrong length")
+    assert bad.value["source"] == "beats.txt" and other.source == "data/other.txt", "rows keep their file"
+    assert other.is_anomaly.tolist() == [1]
 
 
 def test_validate_and_split_transforms_with_assert_that():
-    rows = [("beats.txt", number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
-    rows.append(("beats.txt", 31, ["x"] * BEAT_LENGTH, "1"))
+    rows = [(number, [str(number)] * BEAT_LENGTH, "1" if number % 3 else "2") for number in range(1, 31)]
+    rows.append((31, ["x"] * BEAT_LENGTH, "1"))
+    batches = [("beats.txt", rows[:11]), ("beats.txt", rows[11:])]
     config = splits.SplitConfig(seed=5, test_fraction=0.2, validation_fraction=0.2)
     expected = splits.assign_splits(["beats.txt"] * 30, list(range(1, 31)),
                                     ["1" if number % 3 else "2" for number in range(1, 31)], config)
     with _test_pipeline() as pipeline:
-        validated = (pipeline | beam.Create(rows)
+        validated = (pipeline | beam.Create(batches)
                      | beam.ParDo(ecg_steps.ValidateRows(_spec())).with_outputs(ecg_steps.ValidateRows.ERRORS,
                                                                                main="records"))
         assigned = validated.records | ecg_steps.AssignSplits(config)
-        assert_that(assigned | "Pairs" >> beam.Map(lambda record: (record["row_number"], record[ecg_steps.SPLIT_KEY])),
+        assert_that(assigned | "Pairs" >> beam.FlatMap(lambda chunk: [(int(row), chunk.split)
+                                                                     for row in chunk.row_numbers]),
                     equal_to([(number, expected[number - 1]) for number in range(1, 31)]), label="splits")
         assert_that(validated[ecg_steps.ValidateRows.ERRORS] | beam.Map(lambda error: error["row_number"]),
                     equal_to([31]), label="errors")
@@ -215,7 +220,8 @@ def test_read_valid_rows_reads_patterns_in_byte_range_tasks(tmp_path):
     with _test_pipeline() as pipeline:
         read = ecg_steps.ReadValidRows(spec, block_bytes=1500)
         valid, errors = pipeline | read
-        assert_that(valid | beam.Map(lambda record: (record["source"], record["row_number"], record["source_class"])),
+        assert_that(valid | beam.FlatMap(lambda chunk: [(record["source"], record["row_number"],
+                                                          record["source_class"]) for record in chunk.records()]),
                     equal_to(records), label="records")
         assert_that(errors | beam.Map(lambda error: (error["source"], error["row_number"], error["reason"])),
                     equal_to([(str(tmp_path / f"part-{index}.txt"), 4, "unknown label '9.0'") for index in range(2)]),
@@ -227,7 +233,8 @@ def test_read_valid_rows_reads_patterns_in_byte_range_tasks(tmp_path):
 def test_split_assignment_groups_nothing():
     config = splits.SplitConfig(seed=1)
     pipeline = beam.Pipeline(runner="FnApiRunner")
-    _ = (pipeline | beam.Create([{"source": "x.txt", "row_number": 1, "source_class": "1"}])
+    _ = (pipeline | beam.Create([("x.txt", [(1, [0.5] * BEAT_LENGTH, "1")])])
+         | beam.ParDo(ecg_steps.ValidateRows(_spec()))
          | "Split" >> ecg_steps.AssignSplits(config))
     transforms = pipeline.to_runner_api().components.transforms.values()
     assert not [item.unique_name for item in transforms

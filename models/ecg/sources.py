@@ -67,6 +67,7 @@ from models.ecg import (
     SOURCE_CLASS_KEY,
     SOURCE_KEY,
     UNKNOWN_LABEL,
+    chunks,
     readers,
     shards,
     synthetic,
@@ -88,6 +89,7 @@ __all__ = [
     "is_pattern",
     "load_dataset",
     "match_files",
+    "validate_rows",
     "resolve_path",
     "validate_row",
     "with_resolved_format",
@@ -324,6 +326,12 @@ def validate_row(
         SOURCE_KEY: spec.path,
     }
     return record, None
+
+
+def validate_rows(rows: Iterable[tuple[int, Any, str | None]], spec: DatasetSpec):
+    """``(BeatChunk of the good rows, errors of the bad ones)`` of raw rows of one file, decided as ``validate_row``
+    decides each row but in bulk (``models.ecg.chunks``); ``spec`` is the file's pinned spec."""
+    return chunks.validate_rows(spec, rows, validate_row)
 
 
 def file_spec(spec: DatasetSpec, source: str) -> DatasetSpec:
