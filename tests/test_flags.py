@@ -238,7 +238,7 @@ def test_job_validation_names_the_flag_and_deep_checks_wait_for_the_job():
         parse_beam_flags(ScoreConfig, columns)
     loss = ["--loss", "huber"]
     assert parse_flags(DenoiseTrainConfig, loss, deep_checks=False).loss == "huber"
-    with pytest.raises(ValueError, match="loss must be 'mae' or 'mse'"):
+    with pytest.raises(ValueError, match="loss must be one of mse, mae, psnr, got 'huber'"):
         parse_flags(DenoiseTrainConfig, loss)
 
 
