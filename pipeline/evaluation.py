@@ -24,18 +24,18 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
-from models.detection import metrics, thresholds
+from models.detection import summaries, thresholds
 from models.ecg import (
     ANOMALY,
     BEAT_KEY,
     IS_ANOMALY_KEY,
-    NORMAL,
     ROW_NUMBER_KEY,
     SOURCE_CLASS_KEY,
     SOURCE_KEY,
     UNKNOWN_LABEL,
 )
 from pipeline.beat_files import decode_chunk
+from pipeline.combiners import ScoreSummaryFn
 
 SAMPLE_LIMIT = 10_000
 SAMPLE_OVERSHOOT = 2.0
@@ -43,66 +43,16 @@ FLAGGED_KEY = "flagged"
 PRIORITY_KEY = "priority"
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
-try:  # the mergeable summaries (helper "summaries"); until they are merged, exact score arrays
-    from models.detection import summaries
-    from pipeline.combiners import ScoreSummaryFn
-except ImportError:  # pragma: no cover - removed once models/detection/summaries.py is merged
-    summaries = None
-    ScoreSummaryFn = None
-
-
-class ExactScores:
-    """Stand-in for ``summaries.ScoreSummary`` until it is merged: every (label, score) kept exactly."""
-
-    def __init__(self):
-        self.labels, self.scores = [], []
-
-    def count(self, labels=(NORMAL, ANOMALY, UNKNOWN_LABEL)) -> int:
-        """Pairs whose label is among ``labels``."""
-        return int(np.isin(np.asarray(self.labels, np.int64), labels).sum())
-
-    def arrays(self, labels=(NORMAL, ANOMALY, UNKNOWN_LABEL)) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, labels)`` of the pairs whose label is among ``labels``."""
-        label_array = np.asarray(self.labels, np.int64)
-        keep = np.isin(label_array, labels)
-        return np.asarray(self.scores, np.float64)[keep], label_array[keep]
-
-
-class ExactScoresFn(beam.CombineFn):
-    """``(label, score)`` pairs -> ``ExactScores`` (the stand-in of ``ScoreSummaryFn``)."""
-
-    def create_accumulator(self):
-        return ExactScores()
-
-    def add_input(self, accumulator, element):
-        accumulator.labels.append(int(element[0]))
-        accumulator.scores.append(float(element[1]))
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        merged = ExactScores()
-        for accumulator in accumulators:
-            merged.labels += accumulator.labels
-            merged.scores += accumulator.scores
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
 def summary_fn() -> beam.CombineFn:
     """The CombineFn that summarises ``(label, anomaly_score)`` pairs."""
-    return ScoreSummaryFn() if ScoreSummaryFn is not None else ExactScoresFn()
+    return ScoreSummaryFn()
 
 
 def calibrate(summary, config: thresholds.ThresholdConfig) -> thresholds.Threshold:
     """The threshold of ``config`` from a validation summary (``thresholds.calibrate`` semantics)."""
     if summary.count() == 0:
         raise ValueError("cannot calibrate a threshold: no validation beats were scored")
-    if summaries is not None:
-        return summaries.calibrate_from_summary(summary, config)
-    scores, labels = summary.arrays()
-    return thresholds.calibrate(config, scores, labels)
+    return summaries.calibrate_from_summary(summary, config)
 
 
 def is_evaluable(summary) -> bool:
@@ -114,10 +64,7 @@ def classification(summary, threshold_value: float) -> dict | None:
     """``metrics.classification_metrics`` of a summary at a threshold; None unless ``is_evaluable``."""
     if not is_evaluable(summary):
         return None
-    if summaries is not None:
-        return summaries.metrics_from_summary(summary, threshold_value)
-    scores, labels = summary.arrays((NORMAL, ANOMALY))
-    return metrics.classification_metrics(labels, scores, threshold_value)
+    return summaries.metrics_from_summary(summary, threshold_value)
 
 
 def selection_roc_auc(summary) -> float | None:
