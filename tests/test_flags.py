@@ -248,7 +248,7 @@ def test_job_configs_keep_their_methods_and_defaults():
     assert config.split_config().test_fraction == 0.2 and config.threshold_config().method == "max_f1"
     assert config.dataset_spec().path == "synthetic"
     assert TrainConfig().candidates == ("dense", "conv1d") and TrainConfig().output_dir == "artifacts/ecg"
-    assert ScoreConfig().out == "scores.csv" and DenoiseTrainConfig().model == "dncnn"
+    assert ScoreConfig().out == "scores.csv" and DenoiseTrainConfig().model == "unet_denoiser"
     assert DenoiseRunConfig(input="x").noise_spec().is_none
     assert DenoiseTrainConfig(model_parameters='{"depth": 5}').training_config().parameters == {"depth": 5}
 

@@ -23,14 +23,12 @@ from models.common import artifacts
 from models.detection.detector import load_detector
 from models.ecg import synthetic
 from models.images import sets
-from pipeline import denoise, denoise_train, export, score, train
+from pipeline import denoise, export, score, train
 
 STARTUP_SECONDS = 120
 STOP_SECONDS = 30
 BEATS = 240
 MULTI_PROCESSING = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
-# `denoise train` is a Beam job once helper "denoise"'s streaming trainer is merged; before that it takes no runner.
-DENOISE_TRAIN_IS_BEAM = hasattr(denoise_train, "build_pipeline")
 
 
 def _free_port() -> int:
@@ -133,10 +131,9 @@ def test_train_then_score(runner_flags, beat_file, tmp_path):
     assert result.metrics["beats"] == BEATS
 
 
-@pytest.mark.skipif(not DENOISE_TRAIN_IS_BEAM, reason="`denoise train` is not a Beam job yet (helper denoise)")
 def test_denoise_train_then_run(runner_flags, tmp_path):
     trained = denoise.run(["train", "--data", "synthetic:count=48,size=12", "--epochs", "1", "--batch_size", "16",
-                           "--model_parameters", '{"depth": 3, "filters": 8}', "--output_dir",
+                           "--model", "dncnn", "--model_parameters", '{"depth": 3, "filters": 8}', "--output_dir",
                            str(tmp_path / "models"), "--verbose", "0", *runner_flags])
     assert trained.version_directory == str(tmp_path / "models" / "1")
     clean = sets.synthetic_images(6, 12, channels=1, seed=5)
