@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.quality import seed_list  # noqa: E402
 from models.detection import metrics, thresholds  # noqa: E402
 from models.ecg import sources  # noqa: E402
 from models.training.candidates import CANDIDATES, CandidateConfig  # noqa: E402
@@ -95,17 +96,6 @@ def table(rows: list[dict], names: list[str]) -> str:
                      f"{summary(own, 'accuracy')} | {summary(own, 'f1')} | {seconds:.1f} | {epochs:.0f} | "
                      f"{first['parameters']:,} |")
     return "\n".join(lines)
-
-
-def seed_list(seeds: str | None, count: int) -> list[int]:
-    """``0-4`` or ``3,7`` (or None: 0 .. count-1) as a list of seeds."""
-    if not seeds:
-        return list(range(count))
-    chosen = []
-    for part in seeds.split(","):
-        low, _, high = part.partition("-")
-        chosen += list(range(int(low), int(high or low) + 1))
-    return chosen
 
 
 def main() -> None:
