@@ -57,12 +57,15 @@ def _check_positive(config, *names: str) -> None:
 class DatasetFlags:
     """The input flags shared by `heartwatch train` and `heartwatch score`."""
 
-    data: str = field("input: a file path or URL (ecg.csv, UCR .txt/.tsv/.arff, CSV, Parquet), 'tf-ecg' for "
-                      "TensorFlow's ecg.csv (downloaded and cached), or 'synthetic[:beats=N,...]' for generated beats",
+    data: str = field("input: a file path, glob pattern or URL (ecg.csv, UCR .txt/.tsv/.arff, CSV, Parquet, "
+                      "TFRecord), 'tf-ecg' for TensorFlow's ecg.csv (downloaded and cached), or "
+                      "'synthetic[:beats=N,...]' for generated beats",
                       default="synthetic")
     format: str = field(f"one of {', '.join(DATASET_FORMATS)}", default="auto")
-    label_column: str | None = field("CSV/Parquet label column", default=None, default_text="none")
-    feature_columns: tuple[str, ...] | None = field("comma-separated CSV/Parquet sample columns", default=None,
+    label_column: str | None = field("CSV/Parquet label column (TFRecord: label feature)", default=None,
+                                     default_text="none")
+    feature_columns: tuple[str, ...] | None = field("comma-separated CSV/Parquet sample columns (TFRecord: the beat "
+                                                    "feature)", default=None,
                                                     default_text="all but the label")
     normal_label: str = field("label value meaning normal (CSV/Parquet)", default="1")
 

@@ -451,13 +451,13 @@ def test_spec_pickles_with_its_detected_format(tmp_path):
 def test_dataset_spec_defaults_and_formats():
     spec = DatasetSpec()
     assert (spec.path, spec.format, spec.normal_label) == ("synthetic", "auto", "1")
-    assert FORMATS == ("auto", "ecg_csv", "ucr", "csv", "parquet", "synthetic")
+    assert FORMATS == ("auto", "ecg_csv", "ucr", "csv", "parquet", "tfrecord", "synthetic")
     assert DatasetSpec(feature_columns=["a", "b"]).feature_columns == ("a", "b")
 
 
 def test_column_options_are_refused_for_fixed_formats(tmp_path):
     path = write_lines(tmp_path / "x.txt", ["1 " + " ".join(text_fields(beat(0)))])
-    with pytest.raises(ValueError, match="csv and parquet"):
+    with pytest.raises(ValueError, match="csv and parquet tables and tfrecord files only"):
         list(iter_raw_rows(DatasetSpec(path, label_column="label")))
 
 

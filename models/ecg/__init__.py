@@ -9,7 +9,7 @@ normal as positive, heartwatch does not.
 BEAT_LENGTH = 140
 
 # Dataset formats ``--format`` accepts (``models.ecg.sources`` reads them).
-DATASET_FORMATS = ("auto", "ecg_csv", "ucr", "csv", "parquet", "synthetic")
+DATASET_FORMATS = ("auto", "ecg_csv", "ucr", "csv", "parquet", "tfrecord", "synthetic")
 
 # Keys of a validated beat record (``models.ecg.sources.validate_row`` makes them).
 ROW_NUMBER_KEY = "row_number"

@@ -11,8 +11,9 @@ or a synthetic URI. ``plan_file`` cuts one matched file into ``ReadTask`` s:
     number of the line its range starts in, from the counts of the ranges before it.
 ``row_groups`` (parquet)
     one task per row group; row numbers follow the row counts of the groups before (the footer has them).
-``file`` (CSV tables with a header, ARFF)
-    the whole file: a header is needed to read any row, and quoted CSV fields may span lines.
+``file`` (CSV tables with a header, ARFF, TFRecord)
+    the whole file: a header is needed to read any row, quoted CSV fields may span lines, and
+    TFRecord framing has no marker to find a record boundary from.
 ``synthetic``
     ``synthetic_shards``: a synthetic URI of more than ``SYNTHETIC_SHARD_BEATS`` beats is the
     concatenation of shards of that many beats, each generated from its own seed (derived from the
@@ -34,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from models.ecg import readers, synthetic
+from models.ecg import readers, synthetic, tfrecords
 
 LOGGER = logging.getLogger(__name__)
 
@@ -198,5 +199,7 @@ def task_rows(task: ReadTask, open_fn: readers.OpenFunction) -> Iterator[tuple[i
         yield from readers.ucr_rows(task.location, lines)
     elif task.data_format == "csv":
         yield from readers.csv_rows(task.location, open_fn, task.feature_columns, task.label_column)
+    elif task.data_format == "tfrecord":
+        yield from tfrecords.tfrecord_rows(task.location, open_fn, task.feature_columns, task.label_column)
     else:
         yield from readers.parquet_rows(task.location, open_fn, task.feature_columns, task.label_column)

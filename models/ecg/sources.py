@@ -18,6 +18,11 @@ Supported inputs (``DatasetSpec.format``):
     (as text, or as a number: ``"1.0"`` matches ``"1"``) is normal, any other is an anomaly and
     its text is the source class. Without a label column every beat's label is
     ``UNKNOWN_LABEL``. A parquet table may also hold each beat as one list-valued column.
+``tfrecord``
+    ``.tfrecord``/``.tfrecords``/``.tfr`` files of one ``tf.train.Example`` per beat: a numeric
+    feature ``beat`` and an optional one-value ``label`` compared with ``normal_label`` as for tables
+    (``feature_columns`` names another beat feature, ``label_column`` another label feature); see
+    ``models.ecg.tfrecords``.
 ``synthetic``
     ``"synthetic"`` or ``"synthetic:beats=...,seed=..."`` (see ``models.ecg.synthetic``); the source
     class is the synthetic kind.
@@ -27,7 +32,8 @@ file is read with the same format and options, each file tagging its rows as the
 (``match_files``; row numbers restart in every file).
 
 ``auto`` (the default) picks the format from the path: a synthetic URI, then the extension
-(``.txt``/``.tsv``/``.arff`` are ucr, ``.parquet`` is parquet, and a ``.csv`` is ``csv`` when its
+(``.txt``/``.tsv``/``.arff`` are ucr, ``.parquet`` is parquet, ``.tfrecord``/``.tfrecords``/``.tfr``
+are tfrecord, and a ``.csv`` is ``csv`` when its
 first line has a non-numeric field, a header, else ``ecg_csv``; for a pattern, the first matched
 file's). ``http(s)`` URLs are downloaded once into a cache (``models.ecg.download.resolve_path``).
 
@@ -71,6 +77,7 @@ from models.ecg import (
     readers,
     shards,
     synthetic,
+    tfrecords,
     validation,
 )
 from models.ecg.download import ECG_CSV_URL, TF_ECG_ALIAS, file_sha256, is_http_url, resolve_path
@@ -219,6 +226,8 @@ def detect_format(path: str, open_fn: OpenFunction = open_data_file, cache_dir: 
         return "ucr"
     if extension == ".parquet":
         return "parquet"
+    if extension in tfrecords.TFRECORD_SUFFIXES:
+        return "tfrecord"
     if extension == ".csv":
         local_path = resolve_path(match_files(path, glob_fn)[0], cache_dir)
         return "csv" if _has_header(readers.first_line(local_path, open_fn)) else "ecg_csv"
@@ -289,11 +298,13 @@ def read_tasks(spec: DatasetSpec, open_fn: OpenFunction = open_data_file, glob_f
 
 def _check_column_options(spec: DatasetSpec, data_format: str) -> None:
     """Refuse column options for formats whose columns are fixed."""
+    if data_format == "tfrecord":
+        tfrecords.beat_feature_name(spec.feature_columns)
     if data_format in validation.LABELLED_TABLE_FORMATS:
         return
     if spec.label_column is not None or spec.feature_columns is not None:
         raise ValueError(
-            f"label_column and feature_columns apply to csv and parquet tables only; "
+            f"label_column and feature_columns apply to csv and parquet tables and tfrecord files only; "
             f"{spec.path!r} is read as {data_format}"
         )
 
@@ -309,6 +320,8 @@ def validate_row(
     ``format="auto"`` the format is detected once per spec; see ``with_resolved_format``.
     """
     data_format = spec.resolved_format()
+    if isinstance(values, validation.Unreadable):
+        return None, {"row_number": row_number, "source": spec.path, "reason": values.reason, "raw": ""}
     sample_list = validation.as_value_list(values)
     beat, reason = validation.parse_beat(sample_list)
     label = None

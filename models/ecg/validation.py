@@ -3,12 +3,13 @@
 ``models.ecg.sources.validate_row`` builds records and errors from these. A beat is exactly
 ``BEAT_LENGTH`` finite numbers that fit float32; a reason for refusing a row starts with one of
 ``wrong length``, ``non-numeric value``, ``non-finite value``, ``unknown label`` or
-``missing label``, and sample indices in reasons are 0-based (``beat[index]``).
+``missing label`` (or is the reader's own, for a record it could not read: ``Unreadable``), and
+sample indices in reasons are 0-based (``beat[index]``).
 
 Labels, per format: ``ecg_csv`` has 1 for normal and 0 for abnormal (TensorFlow counts normal as
 positive, heartwatch does not: ``is_anomaly = 1 - label``); ``ucr`` classes are 1 (normal) to 5,
 kept as the source class; ``synthetic`` labels are the generator's kinds; ``csv`` and ``parquet``
-tables compare against the spec's ``normal_label`` as text or as a number, and without a label
+tables (and ``tfrecord`` files) compare against the spec's ``normal_label`` as text or as a number, and without a label
 column every beat is ``UNKNOWN_LABEL``.
 """
 
@@ -22,13 +23,23 @@ import numpy as np
 from models.ecg import ANOMALY, BEAT_LENGTH, NORMAL, UNKNOWN_LABEL, synthetic
 from models.ecg.readers import UCR_LABEL_FIRST_SEPARATORS, suffix
 
-LABELLED_TABLE_FORMATS = ("csv", "parquet")
+LABELLED_TABLE_FORMATS = ("csv", "parquet", "tfrecord")
 ECG_CSV_NORMAL_CLASS = "normal"
 ECG_CSV_ABNORMAL_CLASS = "abnormal"
 UCR_NORMAL_CLASS = 1
 UCR_CLASSES = (1, 2, 3, 4, 5)
 RAW_TEXT_LIMIT = 200
 REASON_VALUE_LIMIT = 50
+
+
+class Unreadable:
+    """The values of a row its reader could not decode (a broken binary record), with the reason."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.reason!r})"
 
 
 def as_value_list(values: Any) -> Any:
