@@ -72,7 +72,7 @@ SUBCOMMANDS = {
                         Flags("pipeline.config", "ScoreConfig", beam=True)),
     "denoise": Subcommand("pipeline.denoise",
                           "image denoising: `denoise train` a model, `denoise run` a Beam job over images",
-                          actions={"train": Flags("pipeline.config", "DenoiseTrainConfig"),
+                          actions={"train": Flags("pipeline.config", "DenoiseTrainConfig", beam=True),
                                    "run": Flags("pipeline.config", "DenoiseRunConfig", beam=True)}),
     "autoencode": Subcommand("pipeline.autoencode",
                              "train the dense (latent 64) and conv (z_dim) image autoencoders; figures, HTML page",

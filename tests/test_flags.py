@@ -303,6 +303,10 @@ def test_cli_resolves_every_subcommand_to_its_flags():
         "heartwatch train", "TrainConfig", ["--runner", "DirectRunner", "--seed", "1"])
     assert _check(["denoise", "train", "--epochs", "1"]) == ("heartwatch denoise train", "DenoiseTrainConfig",
                                                              ["--epochs", "1"])
+    assert _check(["denoise", "train", "--runner", "PortableRunner", "--direct_num_workers", "2"])[2] == [
+        "--runner", "PortableRunner", "--direct_num_workers", "2"]
+    with pytest.raises(FlagError, match=r"unknown flag --epochz \(did you mean --epochs\?\)"):
+        _check(["denoise", "train", "--epochz", "1"])
     assert _check(["denoise", "run", "--input", "x"]) == ("heartwatch denoise run", "DenoiseRunConfig",
                                                           ["--input", "x"])
     assert _check(["tail", "events"]) == ("heartwatch tail", "TailConfig", ["events"])
