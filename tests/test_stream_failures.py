@@ -101,7 +101,8 @@ def test_help_and_flag_errors_answer_without_tensorflow(subcommand):
     words = subcommand.split()
     shown = heartwatch(*words, "--help", importtime=True)
     assert shown.returncode == 0 and "--" in shown.stdout, shown.stderr[-2000:]
-    misspelt = {"train": "--epoch", "score": "--modle", "denoise run": "--inptu"}.get(subcommand, "--nosuch")
+    misspelt = {"train": "--epoch", "score": "--modle", "denoise train": "--epoch", "denoise run": "--inptu"}.get(
+        subcommand, "--nosuch")
     refused = heartwatch(*words, misspelt, "1", importtime=True)
     assert_one_error_line(refused, 2, subcommand, f"unknown flag {misspelt}")
     for result in (shown, refused):
