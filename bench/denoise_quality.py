@@ -4,7 +4,7 @@ Data: the real shared Fashion-MNIST sample (3,443 images, ``--data``). Both mode
 `heartwatch denoise train` itself (``pipeline.denoise_train.run``) on the same split: each image's
 split is a stable hash of (seed, key), so the held-out test images are never trained on and are the
 same for both. The default model uses the command's defaults; the tutorial model uses the
-tutorial's recipe (10 epochs, batch 32, Adam 1e-3 constant, no flips). Both are trained at
+tutorial's recipe (10 epochs, batch 32, Adam 1e-3 constant, MSE, no flips). Both are trained at
 ``--train_noise`` and judged on the held-out images at every ``--noise_levels`` level (Gaussian,
 fixed per-image noise from ``noise_rng(seed + 2, key)``): mean PSNR and SSIM of the noisy input and
 of each model's output, and the training time (wall and CPU seconds) with the load average.
@@ -34,7 +34,7 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPOSITORY, "..", "shared", "data", "fashion_mnist", "fashion_mnist_t10k_first3443.npz")
 BAR_DECIBELS = 24.5
 TUTORIAL_RECIPE = ["--model", BASELINE_DENOISER, "--epochs", "10", "--batch_size", "32", "--learning_rate", "1e-3",
-                   "--schedule", "constant", "--flip", "false", "--early_stopping_patience", "0"]
+                   "--loss", "mse", "--schedule", "constant", "--flip", "false", "--early_stopping_patience", "0"]
 
 
 def held_out(data: str, seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.1):
