@@ -153,7 +153,7 @@ def test_fixed_noise_of_held_out_images_depends_on_seed_and_key_only():
 def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
     clean = sets.synthetic_images(60, 12, seed=2)
     config = denoising.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
-                                              batch_size=16, early_stopping_patience=0)
+                                              batch_size=16, early_stopping_patience=0, loss="mse")
     result = denoising.train_denoiser(config, clean[:48], clean[48:], seed=3,
                                       checkpoint_path=str(tmp_path / "best.weights.h5"), verbose=0)
     losses = result.history["val_loss"]
