@@ -196,7 +196,7 @@ class DenoiseTrainConfig:
                        "salt_and_pepper", default="gaussian:0.2")
     epochs: int = field("most epochs", default=24)
     batch_size: int = field("images per step", default=32)
-    learning_rate: float = field("Adam learning rate (the start of the cosine decay)", default=2e-3)
+    learning_rate: float = field("Adam learning rate (the start of the cosine decay, after any warm-up)", default=2e-3)
     loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="psnr")
     early_stopping_patience: int = field("epochs without val_loss gain; 0 off (the best epoch is kept anyway)",
                                          default=0)

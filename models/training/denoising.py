@@ -4,8 +4,9 @@
 `heartwatch denoise train` writes them) fit a denoiser of ``models.family.denoisers`` on batches of
 ``models.training.denoise_data`` (fresh noise for every batch, shuffled, flipped, optionally random
 patches) against validation images with fixed, seeded noise, so ``val_loss`` is comparable across
-epochs. ``fit_denoiser`` is Keras ``fit`` with the learning-rate schedule of the config (cosine decay
-by default, ``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
+epochs. ``fit_denoiser`` is Keras ``fit`` with the optimiser (Adam, or AdamW with weight decay) and the
+learning-rate schedule of the config (cosine decay by default, after an optional linear warm-up;
+``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
 patience 0 = off) and an optional best-only checkpoint; it returns ``models.training.fit``'s
 ``TrainingResult``. ``denoise_array``, ``evaluate_denoiser`` and ``evaluate_on_records`` apply a
 trained model and measure PSNR/SSIM gains (the latter streaming, with running sums).
