@@ -4,7 +4,7 @@ Data: the real shared Fashion-MNIST sample (3,443 images, ``--data``). Both mode
 `heartwatch denoise train` itself (``pipeline.denoise_train.run``) on the same split: each image's
 split is a stable hash of (seed, key), so the held-out test images are never trained on and are the
 same for both. The default model uses the command's defaults; the tutorial model uses the
-tutorial's recipe (10 epochs, batch 32, Adam 1e-3 constant, no flips). Both are trained at
+tutorial's recipe (10 epochs, batch 32, Adam 1e-3 constant, MSE, no flips). Both are trained at
 ``--train_noise`` and judged on the held-out images at every ``--noise_levels`` level (Gaussian,
 fixed per-image noise from ``noise_rng(seed + 2, key)``): mean PSNR and SSIM of the noisy input and
 of each model's output, and the training time (wall and CPU seconds) with the load average.
@@ -33,8 +33,9 @@ from pipeline import denoise_shards, denoise_train  # noqa: E402
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPOSITORY, "..", "shared", "data", "fashion_mnist", "fashion_mnist_t10k_first3443.npz")
 BAR_DECIBELS = 24.5
+BAR_NOISE = 0.2
 TUTORIAL_RECIPE = ["--model", BASELINE_DENOISER, "--epochs", "10", "--batch_size", "32", "--learning_rate", "1e-3",
-                   "--schedule", "constant", "--flip", "false", "--early_stopping_patience", "0"]
+                   "--loss", "mse", "--schedule", "constant", "--flip", "false", "--early_stopping_patience", "0"]
 
 
 def held_out(data: str, seed: int, validation_fraction: float = 0.1, test_fraction: float = 0.1):
@@ -111,8 +112,10 @@ def main() -> None:
         print(f"{name:<40}{cells}{wall:>9.0f}{cpu:>8.0f}")
     if arguments.train_noise in levels:
         default = rows[-1][3][levels.index(arguments.train_noise)]["denoised_psnr"]
-        print(f"default held-out PSNR at {arguments.train_noise:g}: {default:.2f} dB (bar >= {BAR_DECIBELS} dB at 0.2: "
-              f"{'met' if default >= BAR_DECIBELS else 'NOT met'}); load {os.getloadavg()[0]:.1f}")
+        verdict = (f" (bar >= {BAR_DECIBELS} dB: {'met' if default >= BAR_DECIBELS else 'NOT met'})"
+                   if arguments.train_noise == BAR_NOISE else f" (the bar is for models trained at {BAR_NOISE:g})")
+        print(f"default held-out PSNR at {arguments.train_noise:g}: {default:.2f} dB{verdict}; "
+              f"load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

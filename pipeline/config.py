@@ -197,16 +197,19 @@ class DenoiseTrainConfig:
                                   default="{}")
     noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
                        "salt_and_pepper", default="gaussian:0.2")
-    epochs: int = field("most epochs", default=20)
+    epochs: int = field("most epochs", default=24)
     batch_size: int = field("images per step", default=32)
-    learning_rate: float = field("Adam learning rate (the start of the cosine decay)", default=2e-3)
-    loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="mse")
+    learning_rate: float = field("Adam learning rate (the start of the cosine decay, after any warm-up)", default=2e-3)
+    loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="psnr")
     early_stopping_patience: int = field("epochs without val_loss gain; 0 off (the best epoch is kept anyway)",
                                          default=0)
     schedule: str = field("learning rate: cosine (decay over all steps), plateau (halve on a val_loss plateau) or "
                           "constant", default="cosine")
     patch_size: int = field("train on random square patches of this size (0: whole images)", default=0)
     flip: bool = field("random horizontal flips of training images", default=True)
+    shift: int = field("random shifts of training images by up to this many pixels (0: none)", default=0)
+    warmup_epochs: float = field("cosine schedule: linear warm-up over this many epochs first", default=0.0)
+    weight_decay: float = field("decoupled weight decay (AdamW) when > 0, else Adam", default=0.0)
     shuffle_buffer: int = field("training images in the shuffle buffer (bounds memory)", default=4096)
     validation_fraction: float = field("share for validation", default=0.1)
     test_fraction: float = field("share held out for the model card metrics (Fashion-MNIST uses its test set)",
@@ -227,9 +230,12 @@ class DenoiseTrainConfig:
             raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
                              f"{self.validation_fraction} and {self.test_fraction}")
         _check_choice(self, "schedule", ("cosine", "plateau", "constant"))
-        if self.patch_size < 0 or self.shuffle_buffer < 1:
-            raise ValueError(f"need --patch_size >= 0 and --shuffle_buffer >= 1, got {self.patch_size} and "
-                             f"{self.shuffle_buffer}")
+        if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:
+            raise ValueError(f"need --patch_size >= 0, --shuffle_buffer >= 1 and --shift >= 0, got {self.patch_size}, "
+                             f"{self.shuffle_buffer} and {self.shift}")
+        if not 0 <= self.warmup_epochs < self.epochs or self.weight_decay < 0:
+            raise ValueError(f"need 0 <= --warmup_epochs < --epochs and --weight_decay >= 0, got {self.warmup_epochs} "
+                             f"and {self.weight_decay}")
         if self.max_images is not None and self.max_images < 3:
             raise ValueError(f"--max_images must be >= 3 (train, validation, test), got {self.max_images}")
         _check_choice(self, "verbose", VERBOSITIES)
@@ -253,7 +259,8 @@ class DenoiseTrainConfig:
                                       learning_rate=self.learning_rate, loss=self.loss,
                                       early_stopping_patience=self.early_stopping_patience, schedule=self.schedule,
                                       patch_size=self.patch_size, flip=self.flip,
-                                      shuffle_buffer=self.shuffle_buffer)
+                                      shuffle_buffer=self.shuffle_buffer, shift=self.shift,
+                                      warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay)
 
     def deep_checks(self) -> None:
         """Checks the noise and fit settings (Keras); the job runs this before any work."""

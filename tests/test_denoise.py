@@ -23,6 +23,7 @@ from models.images import io as images
 from models.images import noise, quality, records, sets
 from models.training import denoise_data, denoising
 from pipeline import denoise, denoise_plan, denoise_read, denoise_shards, denoise_steps, denoise_train, denoise_write
+from pipeline.config import DenoiseTrainConfig
 
 TINY_DNCNN = '{"depth": 4, "filters": 16}'
 IMAGE_SIZE = 16
@@ -122,6 +123,23 @@ def test_training_batches_draw_fresh_noise_over_shuffled_clean_images():
     assert patches.shape == (10, 5, 5, 1)
 
 
+def test_random_shift_translates_within_the_image_and_keeps_its_shape():
+    image = np.arange(36, dtype=np.float32).reshape(6, 6, 1)
+    padded = np.pad(image, [(2, 2), (2, 2), (0, 0)], mode="reflect")
+    windows = {padded[top:top + 6, left:left + 6].tobytes() for top in range(5) for left in range(5)}
+    shifted = [denoise_data.random_shift(tf.constant(image), 2, seed=None).numpy() for _ in range(30)]
+    assert all(result.shape == image.shape and result.tobytes() in windows for result in shifted)
+    assert len({result.tobytes() for result in shifted}) > 1, "the offsets vary"
+    batches = denoise_data.training_batches(denoise_data.array_images(np.stack([image] * 4)),
+                                            noise.NoiseSpec("gaussian", 0.1), batch_size=4, seed=0, flip=False,
+                                            shift=2)
+    _, targets = next(iter(batches.as_numpy_iterator()))
+    assert targets.shape == (4, 6, 6, 1) and all(target.tobytes() in windows for target in targets)
+    with pytest.raises(ValueError, match="shift >= 0"):
+        denoise_data.training_batches(denoise_data.array_images(np.stack([image])), noise.NoiseSpec(), 1, 0,
+                                      shift=-1)
+
+
 def test_fixed_noise_of_held_out_images_depends_on_seed_and_key_only():
     clean = sets.synthetic_images(3, 8, seed=1)
     spec = noise.NoiseSpec("gaussian", 0.2)
@@ -135,7 +153,7 @@ def test_fixed_noise_of_held_out_images_depends_on_seed_and_key_only():
 def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
     clean = sets.synthetic_images(60, 12, seed=2)
     config = denoising.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
-                                              batch_size=16, early_stopping_patience=0)
+                                              batch_size=16, early_stopping_patience=0, loss="mse")
     result = denoising.train_denoiser(config, clean[:48], clean[48:], seed=3,
                                       checkpoint_path=str(tmp_path / "best.weights.h5"), verbose=0)
     losses = result.history["val_loss"]
@@ -166,6 +184,32 @@ def test_unet_denoiser_is_residual_and_pads_to_its_levels():
     assert denoise_steps.denoise_batch(unet, [batch[0, :10, :7]])[0].shape == (10, 7, 1)
     with pytest.raises(ValueError, match="levels >= 1"):
         denoisers.build_denoiser("unet_denoiser", 1, {"levels": 0})
+    single = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 2, "convolutions": 1})
+    assert single(batch).shape == batch.shape and single.count_params() < unet.count_params()
+    with pytest.raises(ValueError, match="convolutions >= 1"):
+        denoisers.build_denoiser("unet_denoiser", 1, {"convolutions": 0})
+
+
+def test_space_to_depth_unet_folds_pixel_blocks_and_survives_save_and_load(tmp_path):
+    folded = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "levels": 1, "space_to_depth": 2,
+                                                           "flip_ensemble": False})
+    assert folded.size_multiple == 4
+    batch = np.random.default_rng(0).random((2, 12, 8, 1)).astype(np.float32)
+    skips = folded.encode(batch)
+    assert [tuple(skip.shape[1:]) for skip in skips] == [(6, 4, 4), (3, 2, 8)]
+    noise_estimate = folded.decode(skips).numpy()
+    assert noise_estimate.shape == batch.shape
+    np.testing.assert_allclose(folded(batch).numpy(), np.clip(batch - noise_estimate, 0, 1), atol=1e-6)
+    block = denoisers.SpaceToDepth(2)
+    np.testing.assert_array_equal(denoisers.SpaceToDepth(2, inverse=True)(block(batch)).numpy(), batch)
+    assert block(batch).numpy()[0, 0, 0].tolist() == batch[0, :2, :2, 0].ravel().tolist()
+    path = str(tmp_path / "folded.keras")
+    folded.save(path)
+    loaded = registry.load(path)
+    assert loaded.config == folded.config
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), folded.predict(batch, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="space_to_depth >= 1"):
+        denoisers.build_denoiser("unet_denoiser", 1, {"space_to_depth": 0})
 
 
 def test_cosine_schedule_decays_over_every_step_and_configs_are_checked():
@@ -179,6 +223,21 @@ def test_cosine_schedule_decays_over_every_step_and_configs_are_checked():
         denoising.DenoiserTrainingConfig(patch_size=-1)
     with pytest.raises(ValueError, match="loss must be one of"):
         denoising.DenoiserTrainingConfig(loss="huber")
+
+
+def test_warm_up_then_cosine_and_adamw_when_weight_decay_is_set():
+    config = denoising.DenoiserTrainingConfig(epochs=4, learning_rate=2e-3, warmup_epochs=1)
+    schedule = denoising.learning_rate(config, steps_per_epoch=10)
+    assert float(schedule(0)) == pytest.approx(2e-3 * 0.02)
+    assert float(schedule(5)) == pytest.approx(2e-3 * (0.02 + 0.98 / 2), rel=1e-4), "linear warm-up"
+    assert float(schedule(10)) == pytest.approx(2e-3) and float(schedule(40)) == pytest.approx(2e-3 * 0.02)
+    assert float(schedule(25)) == pytest.approx(2e-3 * (0.02 + 0.98 / 2), rel=1e-4), "cosine half-way after it"
+    assert type(denoising.optimizer(config, 10)) is keras.optimizers.Adam
+    decayed = denoising.optimizer(dataclasses.replace(config, weight_decay=1e-4), 10)
+    assert type(decayed) is keras.optimizers.AdamW and decayed.weight_decay == pytest.approx(1e-4)
+    for bad in ({"warmup_epochs": 4}, {"warmup_epochs": -1}, {"weight_decay": -0.1}, {"shift": -1}):
+        with pytest.raises(ValueError, match="need"):
+            denoising.DenoiserTrainingConfig(epochs=4, **bad)
 
 
 def test_psnr_loss_is_minus_the_per_image_psnr():
@@ -217,6 +276,16 @@ def test_image_metrics_summary_and_csv_rows():
     assert summary["images_with_infinite_psnr"] == 1 and summary["mean_psnr_gain"] == pytest.approx(20.0, abs=1e-3)
     row = denoise_write.metrics_row({"key": "a,b.png", "denoised": clean, "metrics": metrics})
     assert next(csv.reader([row]))[:4] == ["a,b.png", "8", "8", "1"]
+
+
+def test_train_flags_reach_the_training_config():
+    config = DenoiseTrainConfig(shift=2, warmup_epochs=1.5, weight_decay=1e-4, epochs=6)
+    training = config.training_config()
+    assert (training.shift, training.warmup_epochs, training.weight_decay, training.epochs) == (2, 1.5, 1e-4, 6)
+    with pytest.raises(ValueError, match="--shift >= 0"):
+        DenoiseTrainConfig(shift=-1)
+    with pytest.raises(ValueError, match="--warmup_epochs < --epochs"):
+        DenoiseTrainConfig(warmup_epochs=6, epochs=6)
 
 
 def test_run_config_validation():

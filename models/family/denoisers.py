@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from models.family import BASELINE_DENOISER
 from models.family.base import IMAGE_DOMAIN, Autoencoder
@@ -137,24 +138,57 @@ class UNetDenoiserConfig:
     """Residual U-Net: ``levels`` halvings, two 3x3 convolutions per level (``filters`` doubling per level).
 
     ``flip_ensemble`` averages, outside training, the outputs for the image and for its mirror image
-    (mirrored back): a self-ensemble that costs a second pass.
+    (mirrored back): a self-ensemble that costs a second pass. ``convolutions`` is the number of 3x3
+    convolutions per level. ``space_to_depth`` > 1 first folds each ``space_to_depth`` x
+    ``space_to_depth`` block of pixels into channels (as FFDNet, Zhang et al. 2018, does) so the
+    U-Net works at that fraction of the resolution, and unfolds the noise estimate back.
     """
 
     channels: int = 1
     filters: int = 24
     levels: int = 2
     flip_ensemble: bool = True
+    convolutions: int = 2
+    space_to_depth: int = 1
 
     def __post_init__(self):
         _check_channels(self.channels)
-        if self.filters < 1 or self.levels < 1:
-            raise ValueError(f"UNetDenoiserConfig needs filters >= 1 and levels >= 1, got {self}")
+        if self.filters < 1 or self.levels < 1 or self.convolutions < 1 or self.space_to_depth < 1:
+            raise ValueError(f"UNetDenoiserConfig needs filters >= 1, levels >= 1, convolutions >= 1 and "
+                             f"space_to_depth >= 1, got {self}")
 
 
-def _double_convolution(tensor, filters: int):
-    for _ in range(2):
+def _convolutions(tensor, filters: int, count: int):
+    for _ in range(count):
         tensor = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(tensor)
     return tensor
+
+
+@keras.saving.register_keras_serializable(package="heartwatch")
+class SpaceToDepth(keras.layers.Layer):
+    """Folds ``block_size`` x ``block_size`` pixel blocks into channels (``inverse``: unfolds them back)."""
+
+    def __init__(self, block_size: int, inverse: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = block_size
+        self.inverse = inverse
+
+    def call(self, inputs):
+        if self.inverse:
+            return tf.nn.depth_to_space(inputs, self.block_size)
+        return tf.nn.space_to_depth(inputs, self.block_size)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        factor = self.block_size if self.inverse else 1 / self.block_size
+
+        def scaled(size):
+            return None if size is None else int(size * factor)
+
+        return batch, scaled(height), scaled(width), int(channels / factor / factor)
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size, "inverse": self.inverse}
 
 
 @keras.saving.register_keras_serializable(package="heartwatch")
@@ -171,20 +205,23 @@ class UNetDenoiser(Autoencoder):
     def __init__(self, config: UNetDenoiserConfig, **kwargs):
         super().__init__(config, **kwargs)
         widths = [config.filters * 2 ** level for level in range(config.levels + 1)]
+        block = config.space_to_depth
         inputs = keras.Input((None, None, config.channels))
-        features, tensor = [], inputs
+        features, tensor = [], SpaceToDepth(block)(inputs) if block > 1 else inputs
         for width in widths[:-1]:
-            tensor = _double_convolution(tensor, width)
+            tensor = _convolutions(tensor, width, config.convolutions)
             features.append(tensor)
             tensor = keras.layers.MaxPooling2D()(tensor)
-        features.append(_double_convolution(tensor, widths[-1]))
+        features.append(_convolutions(tensor, widths[-1], config.convolutions))
         self.encoder = keras.Model(inputs, features, name="encoder")
         skips = [keras.Input((None, None, width)) for width in widths]
         tensor = skips[-1]
         for width, skip in zip(reversed(widths[:-1]), reversed(skips[:-1])):
             tensor = keras.layers.Conv2DTranspose(width, 2, strides=2, padding="same")(tensor)
-            tensor = _double_convolution(keras.layers.Concatenate()([tensor, skip]), width)
-        self.decoder = keras.Model(skips, keras.layers.Conv2D(config.channels, 1)(tensor), name="decoder")
+            tensor = _convolutions(keras.layers.Concatenate()([tensor, skip]), width, config.convolutions)
+        noise = keras.layers.Conv2D(config.channels * block ** 2, 1)(tensor)
+        self.decoder = keras.Model(skips, SpaceToDepth(block, inverse=True)(noise) if block > 1 else noise,
+                                   name="decoder")
 
     def _denoise(self, inputs, training=False):
         noise = self.decoder(self.encoder(inputs, training=training), training=training)
@@ -199,8 +236,8 @@ class UNetDenoiser(Autoencoder):
 
     @property
     def size_multiple(self) -> int:
-        """Height and width must be multiples of this (one halving per level)."""
-        return 2 ** self.config.levels
+        """Height and width must be multiples of this (one halving per level, times ``space_to_depth``)."""
+        return 2 ** self.config.levels * self.config.space_to_depth
 
     @property
     def channels(self) -> int:

@@ -5,8 +5,9 @@ Beam step) or from an in-memory array (tests, benchmarks); either way they strea
 steps, so memory does not depend on the number of images:
 
 * ``training_batches``: shard files interleaved in a shuffled order, a bounded shuffle buffer, optional
-  random patches (``patch_size``) and horizontal flips, batching, padding to the model's size
-  multiple, then noise drawn afresh for every batch, and prefetching.
+  random patches (``patch_size``), horizontal flips and small random shifts (``shift``: translations
+  by up to that many pixels, the uncovered border filled by reflection), batching, padding to the
+  model's size multiple, then noise drawn afresh for every batch, and prefetching.
 * ``fixed_noisy_batches``: validation and held-out images with fixed noise: each image's noise comes
   from ``models.images.noise.noise_rng(seed, key)``, so it is the same every epoch and the same as
   `heartwatch denoise run --noise ... --seed ...` gives that key. Patches are centre crops.
@@ -68,18 +69,27 @@ def _padder(multiple: int):
     return pad
 
 
+def random_shift(image: tf.Tensor, shift: int, seed: int) -> tf.Tensor:
+    """``image`` translated by up to ``shift`` pixels each way (uniform, independent per axis); the border
+    uncovered is the reflection of the image's edge, so the output keeps the input's shape."""
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[shift, shift], [shift, shift], [0, 0]], mode="REFLECT")
+    return tf.image.random_crop(padded, shape, seed=seed)
+
+
 def training_batches(images: tf.data.Dataset, noise: NoiseSpec, batch_size: int, seed: int, size_multiple: int = 1,
                      shuffle_buffer: int = 4096, patch_size: int = 0, flip: bool = True,
-                     count: int | None = None) -> tf.data.Dataset:
+                     count: int | None = None, shift: int = 0) -> tf.data.Dataset:
     """``(noisy, clean)`` batches of shuffled clean images with fresh ``noise`` every time a batch is drawn.
 
     ``images`` yields ``(key, image)``; one epoch is one pass (``count`` images, when known, tells
     Keras how many batches that is). Images of one batch must share a size (or set ``patch_size`` to
-    train on random square patches of larger images).
+    train on random square patches of larger images). ``shift`` > 0 adds random translations
+    (``random_shift``; images must be larger than ``shift`` on each side).
     """
-    if batch_size < 1 or shuffle_buffer < 1 or patch_size < 0:
-        raise ValueError(f"need batch_size >= 1, shuffle_buffer >= 1 and patch_size >= 0; got {batch_size}, "
-                         f"{shuffle_buffer}, {patch_size}")
+    if batch_size < 1 or shuffle_buffer < 1 or patch_size < 0 or shift < 0:
+        raise ValueError(f"need batch_size >= 1, shuffle_buffer >= 1, patch_size >= 0 and shift >= 0; got "
+                         f"{batch_size}, {shuffle_buffer}, {patch_size}, {shift}")
     rng = np.random.default_rng(seed)
     clean = images.map(lambda key, image: image).shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if patch_size:
@@ -87,6 +97,8 @@ def training_batches(images: tf.data.Dataset, noise: NoiseSpec, batch_size: int,
                                                              seed=seed), num_parallel_calls=AUTOTUNE)
     if flip:
         clean = clean.map(lambda image: tf.image.random_flip_left_right(image, seed=seed), num_parallel_calls=AUTOTUNE)
+    if shift:
+        clean = clean.map(lambda image: random_shift(image, shift, seed), num_parallel_calls=AUTOTUNE)
     batches = clean.batch(batch_size)
     if count is not None:
         batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))

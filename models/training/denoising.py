@@ -4,8 +4,9 @@
 `heartwatch denoise train` writes them) fit a denoiser of ``models.family.denoisers`` on batches of
 ``models.training.denoise_data`` (fresh noise for every batch, shuffled, flipped, optionally random
 patches) against validation images with fixed, seeded noise, so ``val_loss`` is comparable across
-epochs. ``fit_denoiser`` is Keras ``fit`` with the learning-rate schedule of the config (cosine decay
-by default, ``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
+epochs. ``fit_denoiser`` is Keras ``fit`` with the optimiser (Adam, or AdamW with weight decay) and the
+learning-rate schedule of the config (cosine decay by default, after an optional linear warm-up;
+``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
 patience 0 = off) and an optional best-only checkpoint; it returns ``models.training.fit``'s
 ``TrainingResult``. ``denoise_array``, ``evaluate_denoiser`` and ``evaluate_on_records`` apply a
 trained model and measure PSNR/SSIM gains (the latter streaming, with running sums).
@@ -46,15 +47,18 @@ class DenoiserTrainingConfig:
     model: str = DEFAULT_MODEL
     parameters: dict = dataclasses.field(default_factory=dict)
     noise: str = "gaussian:0.2"
-    epochs: int = 20
+    epochs: int = 24
     batch_size: int = 32
     learning_rate: float = 2e-3
-    loss: str = "mse"
+    loss: str = "psnr"
     early_stopping_patience: int = 0
     schedule: str = "cosine"
     patch_size: int = 0
     flip: bool = True
     shuffle_buffer: int = 4096
+    shift: int = 0
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -65,9 +69,12 @@ class DenoiserTrainingConfig:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.patch_size < 0 or self.shuffle_buffer < 1:
-            raise ValueError(f"need patch_size >= 0 and shuffle_buffer >= 1, got {self.patch_size} and "
-                             f"{self.shuffle_buffer}")
+        if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:
+            raise ValueError(f"need patch_size >= 0, shuffle_buffer >= 1 and shift >= 0, got {self.patch_size}, "
+                             f"{self.shuffle_buffer} and {self.shift}")
+        if not 0 <= self.warmup_epochs < self.epochs or self.weight_decay < 0:
+            raise ValueError(f"need 0 <= warmup_epochs < epochs and weight_decay >= 0, got {self.warmup_epochs} and "
+                             f"{self.weight_decay}")
         self.fit_settings()
 
     def noise_spec(self) -> NoiseSpec:
@@ -94,19 +101,33 @@ def loss_function(name: str):
 
 
 def learning_rate(config: DenoiserTrainingConfig, steps_per_epoch: int):
-    """Adam's learning rate: a cosine decay over every step (to ``COSINE_FLOOR`` of it), else the constant."""
+    """The optimiser's learning rate: for ``cosine``, a linear warm-up from ``COSINE_FLOOR`` of the rate over
+    ``warmup_epochs``, then a cosine decay over the remaining steps down to ``COSINE_FLOOR`` of it; else the
+    constant rate."""
     if config.schedule != "cosine":
         return config.learning_rate
-    return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, config.epochs * steps_per_epoch),
-                                                  alpha=COSINE_FLOOR)
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    decay_steps = max(1, config.epochs * steps_per_epoch - warmup_steps)
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps, alpha=COSINE_FLOOR)
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate * COSINE_FLOOR, decay_steps,
+                                                  alpha=COSINE_FLOOR, warmup_target=config.learning_rate,
+                                                  warmup_steps=warmup_steps)
+
+
+def optimizer(config: DenoiserTrainingConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW when ``weight_decay`` > 0, on ``learning_rate``'s schedule."""
+    rate = learning_rate(config, steps_per_epoch)
+    if config.weight_decay:
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.Adam(rate)
 
 
 def fit_denoiser(model: keras.Model, train, validation, config: DenoiserTrainingConfig, steps_per_epoch: int,
                  checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
     """Compiles and fits ``model`` on ``(noisy, clean)`` datasets; returns it with its best-``val_loss`` weights."""
     settings = config.fit_settings()
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
-                  loss=loss_function(config.loss))
+    model.compile(optimizer=optimizer(config, steps_per_epoch), loss=loss_function(config.loss))
     best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
                                          restore_best_weights=True)
     callbacks = [best]
@@ -163,7 +184,7 @@ def train_denoiser(config: DenoiserTrainingConfig, train_images: np.ndarray, val
     model = build_denoiser(config.model, channels, config.parameters)
     batches = denoise_data.training_batches(denoise_data.array_images(train_images), config.noise_spec(),
                                             config.batch_size, seed, model.size_multiple, config.shuffle_buffer,
-                                            config.patch_size, config.flip, len(train_images))
+                                            config.patch_size, config.flip, len(train_images), config.shift)
     validation_images = pad_to_multiple(validation_images, model.size_multiple)[0]
     validation = (fixed_noisy(validation_images, config.noise_spec(), seed + 1), validation_images)
     return fit_denoiser(model, batches, validation, config, math.ceil(len(train_images) / config.batch_size),
@@ -187,7 +208,8 @@ def train_denoiser_on_records(config: DenoiserTrainingConfig, train_paths: list[
     noise = config.noise_spec()
     batches = denoise_data.training_batches(denoise_data.record_images(train_paths, channels, shuffle=True, seed=seed),
                                             noise, config.batch_size, seed, model.size_multiple,
-                                            config.shuffle_buffer, config.patch_size, config.flip, train_count)
+                                            config.shuffle_buffer, config.patch_size, config.flip, train_count,
+                                            config.shift)
     validation = denoise_data.fixed_noisy_batches(denoise_data.record_images(validation_paths, channels), noise,
                                                   seed + 1, config.batch_size, model.size_multiple,
                                                   config.patch_size, validation_count)
