@@ -99,6 +99,9 @@ class TrainConfig(DatasetFlags):
         "objects; repeatable", default=("dense", "conv1d"), separator=None, from_json=candidates_from_json)
     epochs: int | None = field("override every candidate's epochs", default=None,
                                default_text="each candidate's own")
+    refit: bool = field("after selection and calibration on validation, fit the chosen candidate again on the train "
+                        "and validation normals together (the first fit's best epoch count) and export that; "
+                        "the test split stays held out", default=False)
     threshold_method: str = field(f"one of {', '.join(THRESHOLD_METHODS)}", default="max_f1")
     threshold_k: float = field("k of mean_std", default=1.0)
     target_false_positive_rate: float = field("for percentile", default=0.01)

@@ -253,6 +253,16 @@ def test_job_configs_keep_their_methods_and_defaults():
     assert DenoiseTrainConfig(model_parameters='{"depth": 5}').training_config().parameters == {"depth": 5}
 
 
+def test_train_refit_is_one_flag_in_the_command_line_config_files_and_code(tmp_path):
+    assert parse_beam_flags(TrainConfig, ["--refit", "false"], deep_checks=False)[0].refit is False
+    assert parse_beam_flags(TrainConfig, ["--refit", "true"], deep_checks=False)[0].refit is True
+    path = _write_json(tmp_path / "train.json", {"refit": False, "seed": 2})
+    assert parse_beam_flags(TrainConfig, ["--config", path], deep_checks=False)[0] == TrainConfig(refit=False, seed=2)
+    assert parse_beam_flags(TrainConfig, ["--config", path, "--refit", "yes"], deep_checks=False)[0].refit is True
+    with pytest.raises(FlagError, match="--refit"):
+        parse_beam_flags(TrainConfig, ["--refit", "sometimes"], deep_checks=False)
+
+
 def test_light_name_constants_are_their_owners():
     from models.detection import thresholds
     from models.ecg import sources
