@@ -72,13 +72,14 @@ class TrainCandidate(beam.DoFn):
     """Trains one candidate from the train/validation shards and exports its provisional detector."""
 
     def __init__(self, work_directory: str, transform_directory: str, seed: int, verbose: int, data: str,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, score_error: str = "mae"):
         self.work_directory = work_directory
         self.transform_directory = transform_directory
         self.seed = seed
         self.verbose = verbose
         self.data = data
         self.shuffle_buffer = shuffle_buffer
+        self.score_error = score_error
 
     def setup(self):
         self.trained = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "candidates_trained")
@@ -104,8 +105,8 @@ class TrainCandidate(beam.DoFn):
                                 self.seed, self.verbose, self.shuffle_buffer)
         result.model.save_weights(path)  # once: TensorFlow's ram:// appends to a file written again
         directory = detector_directory(self.work_directory, config.name)
-        DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD).save(
-            files.join(directory, SAVED_MODEL_DIRECTORY))
+        DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD,
+                       score_error=self.score_error).save(files.join(directory, SAVED_MODEL_DIRECTORY))
         artifacts.write_card(directory, {"name": f"provisional detector of candidate {config.name}",
                                          "threshold": {"value": PROVISIONAL_THRESHOLD, "method": "provisional"}})
         self.trained.inc()

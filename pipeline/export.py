@@ -72,11 +72,11 @@ def rebuild_model(best: dict):
     return model
 
 
-def mean_score(model, batches) -> float:
-    """The mean ``anomaly_score`` of ``model`` over input ``batches`` (streamed, one batch in memory)."""
+def mean_score(model, batches, score_error: str) -> float:
+    """The mean ``anomaly_score`` (on ``score_error``) of ``model`` over input ``batches`` (streamed)."""
     total, count = 0.0, 0
     for inputs in batches:
-        scores = np.asarray(model.anomaly_score(inputs), np.float64)
+        scores = np.asarray(model.anomaly_score(inputs, score_error), np.float64)
         total, count = total + float(scores.sum()), count + len(scores)
     if not count:
         raise ValueError("no beats to take a mean score over")
@@ -109,8 +109,8 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
     def reference_batches():
         return (inputs for inputs, _ in training_dataset(train_files, transform, train_beats, REFERENCE_BATCH))
 
-    first_mean, refit_mean = mean_score(rebuild_model(best), reference_batches()), mean_score(result.model,
-                                                                                           reference_batches())
+    first_mean = mean_score(rebuild_model(best), reference_batches(), config.score_error)
+    refit_mean = mean_score(result.model, reference_batches(), config.score_error)
     value = thresholds.transfer_threshold(threshold.value, first_mean, refit_mean)
     LOGGER.info("refit %s on %d train + validation normals for %d epochs in %.1f s; threshold %.6f -> %.6f",
                 candidate.name, train_beats + validation_beats, epochs, result.seconds, threshold.value, value)
@@ -144,7 +144,8 @@ def model_card(config, best: dict, threshold: dict, test_metrics, summaries: lis
         "created": artifacts.utc_now(),
         "signature": {"input": f"beats float32 [batch, {BEAT_LENGTH}] raw (un-normalised)",
                       "outputs": list(OUTPUT_KEYS),
-                      "anomaly_score": "the model's own score (Autoencoder.scores), in normalised space",
+                      "anomaly_score": f"the model's own score (Autoencoder.scores) on the {config.score_error} "
+                                       "of the absolute reconstruction errors, in normalised space",
                       "error": "mean absolute reconstruction error in normalised space",
                       "rule": "is_anomaly = anomaly_score > threshold"},
         "data": {"source": config.data, "format": config.dataset_spec().resolved_format(), **data,
@@ -209,7 +210,7 @@ class ExportDetector(beam.DoFn):
         if self.config.refit:
             best, threshold = refit_best(self.config, best, threshold, transform, self.work_directory, train_files,
                                          validation_files, train_beats, validation_beats)
-        detector = DetectorModule(transform, rebuild_model(best), threshold.value)
+        detector = DetectorModule(transform, rebuild_model(best), threshold.value, score_error=self.config.score_error)
         detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
         write_drift_reference(self.staging_directory, best["validation_summary"])
         artifacts.write_card(self.staging_directory, {"name": "heartwatch ECG detector (being evaluated)",

@@ -166,7 +166,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                | "SpreadCandidates" >> beam.Reshuffle()
                | "TrainCandidates" >> beam.ParDo(
                    TrainCandidate(work_directory, transform_directory, config.seed, config.verbose, config.data,
-                                  config.shuffle_buffer),
+                                  config.shuffle_buffer, config.score_error),
                    train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
                    validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
                    train_beats=beam.pvalue.AsSingleton(train_beats),

@@ -154,7 +154,11 @@ def test_detector_signature_outputs(trained_detector, ecg5000_path):
     assert out["per_sample_error"].shape == (7, BEAT_LENGTH)
     np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
     assert (out["threshold"] == np.float32(detector.threshold)).all()
-    assert (out["is_anomaly"] == (out["reconstruction_error"] > out["threshold"])).all()
+    root_mean_square = np.sqrt(np.square(out["per_sample_error"]).mean(axis=1))
+    np.testing.assert_allclose(out["anomaly_score"], root_mean_square, rtol=1e-5)
+    assert trained_detector.summary["signature"]["anomaly_score"].startswith("the model's own score (Autoencoder."
+                                                                             "scores) on the rms")
+    assert (out["is_anomaly"] == (root_mean_square > out["threshold"])).all()
     assert (out["is_anomaly"] == (out["anomaly_score"] > out["threshold"])).all()
 
 
@@ -164,7 +168,11 @@ def test_score_command_end_to_end(trained_detector, sample_with_bad_rows, tmp_pa
     assert result.scored_rows == 500 and result.bad_rows == len(BAD_ROWS)
     scores = score.read_scores(result.out)
     assert (scores["index"] == np.arange(1, 501)).all()
-    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    dataset = sources.load_dataset(sources.DatasetSpec(path=sample_with_bad_rows))
+    served = load_detector(trained_detector.version_directory).score(dataset.beats)
+    rows = np.searchsorted(dataset.row_numbers, scores["index"])
+    np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["roc_auc"] >= 0.95 and result.metrics["recall"] >= 0.85
 
 
@@ -199,7 +207,11 @@ def test_train_then_score_on_ram_filesystem(sample_with_bad_rows):
     scores = score.read_scores(result.out)
     positions = np.searchsorted(scores["index"], archive["row_number"])
     np.testing.assert_allclose(scores["reconstruction_error"][positions], archive["reconstruction_error"], rtol=1e-6)
-    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    dataset = sources.load_dataset(sources.DatasetSpec(path=sample_with_bad_rows))
+    served = detector.score(dataset.beats)
+    rows = np.searchsorted(dataset.row_numbers, scores["index"])
+    np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["beats"] == 500 and result.metrics["roc_auc"] > 0.9
 
 
