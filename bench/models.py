@@ -60,11 +60,14 @@ def split_arrays(dataset, seed: int) -> dict:
             "test": scale(dataset.beats[test]), "test_labels": dataset.is_anomaly[test]}
 
 
-def evaluate(candidate: CandidateConfig, arrays: dict, seed: int) -> dict:
-    """Trains ``candidate`` on one split, calibrates on validation; returns validation and test metrics."""
+def evaluate(candidate: CandidateConfig, arrays: dict, seed: int, score_error: str = "rms") -> dict:
+    """Trains ``candidate`` on one split, calibrates on validation; returns validation and test metrics.
+
+    Beats are scored by the model's ``anomaly_score`` on ``score_error`` (`heartwatch train --score_error`).
+    """
     result = train_autoencoder(candidate, arrays["train"], arrays["validation_normals"], seed=seed, verbose=0)
-    validation_scores = np.asarray(result.model.anomaly_score(arrays["validation"]), dtype=np.float64)
-    test_scores = np.asarray(result.model.anomaly_score(arrays["test"]), dtype=np.float64)
+    validation_scores = np.asarray(result.model.anomaly_score(arrays["validation"], score_error), dtype=np.float64)
+    test_scores = np.asarray(result.model.anomaly_score(arrays["test"], score_error), dtype=np.float64)
     threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), validation_scores,
                                      arrays["validation_labels"])
     test = metrics.classification_metrics(arrays["test_labels"], test_scores, threshold.value)
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="seeds to run instead, e.g. 0-4 or 3,7")
     parser.add_argument("--models", default=",".join(DEFAULT_ROWS), help="comma-separated preset names")
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
+    parser.add_argument("--score_error", default="rms", choices=("rms", "mae"),
+                        help="what scores are built on, as `heartwatch train --score_error` (default: its default)")
     parser.add_argument("--output", default=None, help="write the per-split rows as JSON here (after every row)")
     parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these --output files")
     arguments = parser.parse_args()
@@ -136,7 +141,7 @@ def main() -> None:
         arrays = split_arrays(dataset, seed)
         for candidate in candidates:
             row = {"seed": seed, "name": candidate.name, "model": candidate.model,
-                   "parameters_set": candidate.parameters, **evaluate(candidate, arrays, seed)}
+                   "parameters_set": candidate.parameters, **evaluate(candidate, arrays, seed, arguments.score_error)}
             rows.append(row)
             print(f"seed {seed} {candidate.name:<12} validation roc_auc {row['validation_roc_auc']:.4f} test roc_auc "
                   f"{row['roc_auc']:.4f} accuracy {row['accuracy']:.4f} f1 {row['f1']:.4f} {row['seconds']:.1f} s "

@@ -87,7 +87,9 @@ def main() -> None:
             rows.append({"seed": seed, "heartwatch": card["test_metrics"], "tutorial": tutorial_recipe(dataset, seed),
                          "model": card["model"]["name"], "threshold_method": card["threshold"]["method"],
                          "validation_roc_auc": card["model"].get("selection_score"),
-                         "candidates": card["candidates"], "pipeline_seconds": seconds})
+                         "candidates": card["candidates"], "pipeline_seconds": seconds,
+                         "refit": card.get("training", {}).get("refit", {}).get("enabled", False),
+                         "anomaly_score": card["signature"]["anomaly_score"]})
             print(_row_line(rows[-1]), flush=True)
             if arguments.output:
                 with open(arguments.output, "w") as handle:
@@ -125,7 +127,8 @@ def print_summary(rows: list[dict]) -> None:
 def _row_line(row: dict) -> str:
     tutorial, ours = row["tutorial"], row["heartwatch"]
     return (f"seed {row['seed']}: tutorial acc {tutorial['accuracy']:.3f} auc {tutorial['roc_auc']:.4f} | "
-            f"heartwatch ({row['model']}, {row['threshold_method']}) acc {ours['accuracy']:.3f} "
+            f"heartwatch ({row['model']}{', refit' if row.get('refit') else ''}, {row['threshold_method']}) "
+            f"acc {ours['accuracy']:.3f} "
             f"auc {ours['roc_auc']:.4f} f1 {ours['f1']:.3f} (validation auc {row['validation_roc_auc']}) | "
             f"{row['pipeline_seconds']:.0f} s")
 

@@ -19,7 +19,7 @@ import dataclasses
 import json
 
 from models.common.flags import field
-from models.detection import THRESHOLD_METHODS
+from models.detection import SCORE_ERRORS, THRESHOLD_METHODS
 from models.ecg import DATASET_FORMATS
 from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
@@ -99,9 +99,14 @@ class TrainConfig(DatasetFlags):
     candidates: tuple[str, ...] = field(
         f"comma-separated presets among {', '.join(CANDIDATE_PRESETS)}, or JSON: an object "
         '{"name": ..., "preset" or "model": ..., "parameters": {...}, "epochs": ...} or a list of names and '
-        "objects; repeatable", default=("dense", "conv1d"), separator=None, from_json=candidates_from_json)
+        "objects; repeatable", default=("dense",), separator=None, from_json=candidates_from_json)
     epochs: int | None = field("override every candidate's epochs", default=None,
                                default_text="each candidate's own")
+    score_error: str = field("what the anomaly score is built on: rms (root mean square of the absolute "
+                             "reconstruction errors of a beat) or mae (their mean, the tutorial's)", default="rms")
+    refit: bool = field("after selection and calibration on validation, fit the chosen candidate again on the train "
+                        "and validation normals together (the first fit's best epoch count) and export that; "
+                        "the test split stays held out", default=False)
     threshold_method: str = field(f"one of {', '.join(THRESHOLD_METHODS)}", default="max_f1")
     threshold_k: float = field("k of mean_std", default=1.0)
     target_false_positive_rate: float = field("for percentile", default=0.01)
@@ -118,6 +123,7 @@ class TrainConfig(DatasetFlags):
         _check_choice(self, "normalization", NORMALIZATIONS)
         _check_choice(self, "verbose", VERBOSITIES)
         _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")
+        _check_choice(self, "score_error", SCORE_ERRORS, noun="score error")
         _check_positive(self, "epochs")
         self.parsed_candidates()
         self.split_config()

@@ -4,10 +4,11 @@
 beats streamed from the materialised train shards (``pipeline.beat_files.training_dataset``: bounded
 shuffle buffer, the TFT graph applied per batch), validating (early stopping, best weights) on the
 validation shards' normal beats. It writes the best weights (restored by early stopping) once under
-the run's work directory and
-exports a *provisional* detector there (``DetectorModule`` with ``PROVISIONAL_THRESHOLD``): the
-threshold is calibrated later from that detector's own validation scores, and the final export
-writes it into a new SavedModel. ``rank`` is the selection rule on those validation scores.
+the run's work directory and exports a *provisional* detector there (``DetectorModule`` with
+``PROVISIONAL_THRESHOLD``): the threshold is calibrated later from that detector's own validation
+scores, and the final export writes it into a new SavedModel. ``rank`` is the selection rule on those
+validation scores. ``fit_from_files`` is the one way a candidate is fitted from shards, shared with
+the refit (``pipeline.export.refit_best``).
 """
 
 from __future__ import annotations
@@ -51,25 +52,40 @@ def rank(item: dict, validation_summary) -> dict:
             **selection(validation_summary, item["best_validation_loss"])}
 
 
+def fit_from_files(config: CandidateConfig, transform, train_files: list, train_beats: int, validation_files: list,
+                   validation_beats: int, seed: int, verbose: int, shuffle_buffer: int):
+    """Fits ``config`` on the normal beats of ``train_files``, validating on those of ``validation_files``.
+
+    Streams both through ``pipeline.beat_files.training_dataset`` (the training beats shuffled through
+    a buffer of ``shuffle_buffer``); returns the ``models.training.fit.TrainingResult``.
+    """
+    from models.training.fit import train_autoencoder
+    from pipeline.beat_files import training_dataset
+
+    batch_size = config.fit_settings().batch_size
+    train = training_dataset(train_files, transform, train_beats, batch_size, shuffle_buffer, seed)
+    validation = training_dataset(validation_files, transform, validation_beats, batch_size)
+    return train_autoencoder(config, train, validation, seed=seed, verbose=verbose)
+
+
 class TrainCandidate(beam.DoFn):
     """Trains one candidate from the train/validation shards and exports its provisional detector."""
 
     def __init__(self, work_directory: str, transform_directory: str, seed: int, verbose: int, data: str,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER):
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, score_error: str = "mae"):
         self.work_directory = work_directory
         self.transform_directory = transform_directory
         self.seed = seed
         self.verbose = verbose
         self.data = data
         self.shuffle_buffer = shuffle_buffer
+        self.score_error = score_error
 
     def setup(self):
         self.trained = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "candidates_trained")
 
     def process(self, candidate_dict, train_files, validation_files, train_beats, validation_beats, transform_ready):
         from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
-        from models.training.fit import train_autoencoder
-        from pipeline.beat_files import training_dataset
         from pipeline.transform import TransformGraph
 
         config = CandidateConfig.from_dict(candidate_dict)
@@ -83,16 +99,14 @@ class TrainCandidate(beam.DoFn):
         LOGGER.info("training candidate %s (%s) on %d normal beats from %d shards, validating on %d", config.name,
                     config.model, train_beats, len(train_files), validation_beats)
         transform = TransformGraph(self.transform_directory)
-        batch_size = config.fit_settings().batch_size
-        train = training_dataset(train_files, transform, train_beats, batch_size, self.shuffle_buffer, self.seed)
-        validation = training_dataset(validation_files, transform, validation_beats, batch_size)
         path = weights_path(self.work_directory, config.name)
         files.make_directories(files.dirname(path))
-        result = train_autoencoder(config, train, validation, seed=self.seed, verbose=self.verbose)
+        result = fit_from_files(config, transform, train_files, train_beats, validation_files, validation_beats,
+                                self.seed, self.verbose, self.shuffle_buffer)
         result.model.save_weights(path)  # once: TensorFlow's ram:// appends to a file written again
         directory = detector_directory(self.work_directory, config.name)
-        DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD).save(
-            files.join(directory, SAVED_MODEL_DIRECTORY))
+        DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD,
+                       score_error=self.score_error).save(files.join(directory, SAVED_MODEL_DIRECTORY))
         artifacts.write_card(directory, {"name": f"provisional detector of candidate {config.name}",
                                          "threshold": {"value": PROVISIONAL_THRESHOLD, "method": "provisional"}})
         self.trained.inc()
@@ -102,6 +116,7 @@ class TrainCandidate(beam.DoFn):
             "detector_directory": directory,
             "history": result.history,
             "best_validation_loss": result.best_validation_loss,
+            "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "training_seconds": result.seconds,
             "parameter_count": result.parameter_count,

@@ -2,13 +2,15 @@
 
 ``ExportDetector`` calibrates the threshold from the best candidate's validation summary (its own
 ``anomaly_score`` s, scored by its provisional detector with ``RunInference``), rebuilds the model from
-its weights, wraps it with the analysed normalisation in a ``DetectorModule`` that owns the calibrated
-threshold, and writes the SavedModel and a first model card into the staging directory, so that the
-test split can be scored with the exported detector itself. ``FinishVersion`` then turns the test
-split's aggregates (score summary, flagged beats per class) and its bounded sample into the test
-metrics, ``test_scores.npz`` (the sampled test beats' scores), ``metrics.json``, the report and the
-final model card (without a version number: ``ArtifactRoot.publish`` gives it one). Everything goes
-through the file layer.
+its weights (or, with ``--refit``, fits it again on the train and validation normals together for the
+first fit's best epoch count, ``refit_best``, which carries the threshold to the refit's scale),
+wraps it with the analysed normalisation in a ``DetectorModule`` that owns the calibrated threshold,
+and writes the SavedModel and a first model card into the staging directory, so that the test split
+can be scored with the exported detector itself (the test split never trains, selects or calibrates
+anything). ``FinishVersion`` then turns the test split's aggregates (score summary, flagged beats
+per class) and its bounded sample into the test metrics, ``test_scores.npz`` (the sampled test
+beats' scores), ``metrics.json``, the report and the final model card (without a version number:
+``ArtifactRoot.publish`` gives it one). Everything goes through the file layer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import apache_beam as beam
 import numpy as np
 
 from models.common import artifacts, files
+from models.detection import thresholds
 from models.ecg import BEAT_KEY, BEAT_LENGTH, IS_ANOMALY_KEY, ROW_NUMBER_KEY, SOURCE_KEY
 from models.training.candidates import CandidateConfig
 from pipeline import evaluation
@@ -35,6 +38,7 @@ ERRORS_FILE = "bad_rows.jsonl"
 REPORT_DIRECTORY = "report"
 REPORT_PAGE = "index.html"
 WORK_DIRECTORY = "work"
+REFERENCE_BATCH = 1024
 
 
 def scores_archive_bytes(rows: list[dict]) -> bytes:
@@ -68,6 +72,68 @@ def rebuild_model(best: dict):
     return model
 
 
+def mean_score(model, batches, score_error: str) -> float:
+    """The mean ``anomaly_score`` (on ``score_error``) of ``model`` over input ``batches`` (streamed)."""
+    total, count = 0.0, 0
+    for inputs in batches:
+        scores = np.asarray(model.anomaly_score(inputs, score_error), np.float64)
+        total, count = total + float(scores.sum()), count + len(scores)
+    if not count:
+        raise ValueError("no beats to take a mean score over")
+    return total / count
+
+
+def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, work_directory: str,
+               train_files: list, validation_files: list, train_beats: int, validation_beats: int) -> tuple:
+    """Fits the selected candidate again on the train + validation normals; returns ``(best, threshold)`` for it.
+
+    ``config`` is the TrainConfig. The refit runs the first fit's best epoch count (no early stopping:
+    the validation normals are training data now; Keras still gets them as its validation data).
+    Selection and calibration stay the first fit's, on held-out validation scores: the threshold is
+    carried to the refit's scale by the ratio of the two models' mean scores on the train split's
+    normals, which both learnt from (``thresholds.transfer_threshold``), never calibrated on beats
+    the refit has seen. ``best`` comes back with the refit's weights and a ``refit`` card entry.
+    """
+    from pipeline.beat_files import training_dataset
+    from pipeline.ecg_candidates import fit_from_files, weights_path
+
+    epochs = int(best["best_epoch"])
+    candidate = dataclasses.replace(CandidateConfig.from_dict(best["candidate"]), epochs=epochs,
+                                    early_stopping_patience=0)
+    result = fit_from_files(candidate, transform, list(train_files) + list(validation_files),
+                            train_beats + validation_beats, validation_files, validation_beats, config.seed,
+                            config.verbose, config.shuffle_buffer)
+    path = weights_path(work_directory, f"{candidate.name}.refit")
+    result.model.save_weights(path)
+
+    def reference_batches():
+        return (inputs for inputs, _ in training_dataset(train_files, transform, train_beats, REFERENCE_BATCH))
+
+    first_mean = mean_score(rebuild_model(best), reference_batches(), config.score_error)
+    refit_mean = mean_score(result.model, reference_batches(), config.score_error)
+    value = thresholds.transfer_threshold(threshold.value, first_mean, refit_mean)
+    LOGGER.info("refit %s on %d train + validation normals for %d epochs in %.1f s; threshold %.6f -> %.6f",
+                candidate.name, train_beats + validation_beats, epochs, result.seconds, threshold.value, value)
+    refit = {"enabled": True, "epochs": epochs, "splits": ["train", "validation"],
+             "normal_beats": int(train_beats + validation_beats), "seconds": round(result.seconds, 2),
+             "final_loss": result.history["loss"][-1],
+             "threshold": {"first_fit_value": threshold.value, "first_fit_mean_train_score": first_mean,
+                           "refit_mean_train_score": refit_mean,
+                           "rule": "first fit's validation threshold x refit / first-fit mean score on the "
+                                   "train split's normals"}}
+    transferred = thresholds.Threshold(value, threshold.method, {**threshold.parameters, "transferred_to_refit": True})
+    return {**best, "weights_path": path, "refit": refit}, transferred
+
+
+def training_summary(best: dict) -> dict:
+    """The card's account of what the exported weights learnt from: the first fit, and the refit if any."""
+    first = {"splits": ["train"], "normal_beats": best.get("train_normal_beats"), "epochs_run": best["epochs_run"],
+             "best_epoch": best["best_epoch"], "early_stopping": "on the validation normals' loss"}
+    refit = best.get("refit") or {"enabled": False}
+    return {"first_fit": first, "refit": refit,
+            "exported_weights": "refit on train + validation normals" if refit["enabled"] else "first fit"}
+
+
 def model_card(config, best: dict, threshold: dict, test_metrics, summaries: list, data: dict,
                statistics: dict) -> dict:
     """The model card without its version number (``ArtifactRoot.publish`` adds it); ``config`` is the TrainConfig."""
@@ -78,15 +144,18 @@ def model_card(config, best: dict, threshold: dict, test_metrics, summaries: lis
         "created": artifacts.utc_now(),
         "signature": {"input": f"beats float32 [batch, {BEAT_LENGTH}] raw (un-normalised)",
                       "outputs": list(OUTPUT_KEYS),
-                      "anomaly_score": "the model's own score (Autoencoder.scores), in normalised space",
+                      "anomaly_score": f"the model's own score (Autoencoder.scores) on the {config.score_error} "
+                                       "of the absolute reconstruction errors, in normalised space",
                       "error": "mean absolute reconstruction error in normalised space",
                       "rule": "is_anomaly = anomaly_score > threshold"},
         "data": {"source": config.data, "format": config.dataset_spec().resolved_format(), **data,
                  "split": dataclasses.asdict(config.split_config())},
         "normalization": statistics,
         "model": {**best["candidate"], "parameter_count": best["parameter_count"],
-                  "epochs_run": best["epochs_run"], "best_validation_loss": best["best_validation_loss"],
+                  "epochs_run": best["epochs_run"], "best_epoch": best["best_epoch"],
+                  "best_validation_loss": best["best_validation_loss"],
                   "selection_metric": best["selection_metric"], "selection_score": best["selection_score"]},
+        "training": training_summary(best),
         "candidates": summaries,
         "threshold": threshold,
         "test_metrics": test_metrics,
@@ -123,19 +192,25 @@ class ExportDetector(beam.DoFn):
     ``config`` is the job's ``TrainConfig``. Yields the best candidate with its ``threshold`` (a dict).
     """
 
-    def __init__(self, config, staging_directory: str, transform_directory: str):
+    def __init__(self, config, staging_directory: str, transform_directory: str, work_directory: str):
         self.config = config
         self.staging_directory = staging_directory
         self.transform_directory = transform_directory
+        self.work_directory = work_directory
 
-    def process(self, best, transform_ready):
+    def process(self, best, transform_ready, train_files, validation_files, train_beats, validation_beats):
         from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
         from pipeline.transform import TransformGraph
 
         threshold = evaluation.calibrate(best["validation_summary"], self.config.threshold_config())
         LOGGER.info("threshold %.6f by %s (candidate %s)", threshold.value, threshold.method,
                     best["candidate"]["name"])
-        detector = DetectorModule(TransformGraph(self.transform_directory), rebuild_model(best), threshold.value)
+        transform = TransformGraph(self.transform_directory)
+        best = {**best, "train_normal_beats": int(train_beats)}
+        if self.config.refit:
+            best, threshold = refit_best(self.config, best, threshold, transform, self.work_directory, train_files,
+                                         validation_files, train_beats, validation_beats)
+        detector = DetectorModule(transform, rebuild_model(best), threshold.value, score_error=self.config.score_error)
         detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
         write_drift_reference(self.staging_directory, best["validation_summary"])
         artifacts.write_card(self.staging_directory, {"name": "heartwatch ECG detector (being evaluated)",

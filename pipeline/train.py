@@ -11,9 +11,11 @@ Steps, each a Beam step whose memory does not grow with the data (``docs/pipelin
    TFT graph applied per batch), and export a provisional detector (``pipeline.ecg_candidates``);
 4. each candidate's validation beats are scored by ``RunInference`` with that detector and reduced to
    a mergeable score summary (``pipeline.evaluation``); the best candidate by that summary wins;
-5. its threshold is calibrated from the summary and the final detector (``DetectorModule``, which owns
-   the threshold) is written; the test beats are scored with it by ``RunInference`` and reduced to a
-   summary, flagged counts per class and a bounded sample (``pipeline.export``);
+5. its threshold is calibrated from the summary; with ``--refit`` the winner is fitted again on the
+   train and validation normals together (the first fit's best epoch count; the threshold is carried
+   to its scale); the final detector (``DetectorModule``, which owns the threshold) is written; the
+   test beats are scored with it by ``RunInference`` and reduced to a summary, flagged counts per
+   class and a bounded sample (``pipeline.export``);
 6. the driver publishes the staged version as ``<output_dir>/<version>/`` (SavedModel on raw beats,
    model card, metrics, report).
 
@@ -164,7 +166,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                | "SpreadCandidates" >> beam.Reshuffle()
                | "TrainCandidates" >> beam.ParDo(
                    TrainCandidate(work_directory, transform_directory, config.seed, config.verbose, config.data,
-                                  config.shuffle_buffer),
+                                  config.shuffle_buffer, config.score_error),
                    train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
                    validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
                    train_beats=beam.pvalue.AsSingleton(train_beats),
@@ -182,8 +184,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
     exported = (ranked
                 | "Best" >> beam.combiners.Top.Of(1, key=lambda item: item["selection_score"])
                 | "Unwrap" >> beam.FlatMap(lambda top: top)
-                | "Export" >> beam.ParDo(ExportDetector(config, staging_directory, transform_directory),
-                                         transform_ready=beam.pvalue.AsSingleton(transform_ready)))
+                | "Export" >> beam.ParDo(ExportDetector(config, staging_directory, transform_directory, work_directory),
+                                         transform_ready=beam.pvalue.AsSingleton(transform_ready),
+                                         train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
+                                         validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
+                                         train_beats=beam.pvalue.AsSingleton(train_beats),
+                                         validation_beats=beam.pvalue.AsSingleton(validation_beats)))
 
     test_scored = exported | "Score test" >> evaluation.ScoreBeatFiles(staging_directory, shard_files[splits.TEST])
     test_summary = (test_scored | "Test pairs" >> beam.FlatMap(evaluation.score_pairs)

@@ -247,10 +247,27 @@ def test_job_configs_keep_their_methods_and_defaults():
     assert [(item.name, item.epochs) for item in config.candidate_configs()] == [("dense", 4)]
     assert config.split_config().test_fraction == 0.2 and config.threshold_config().method == "max_f1"
     assert config.dataset_spec().path == "synthetic"
-    assert TrainConfig().candidates == ("dense", "conv1d") and TrainConfig().output_dir == "artifacts/ecg"
+    assert TrainConfig().candidates == ("dense",) and TrainConfig().output_dir == "artifacts/ecg"
+    assert TrainConfig().score_error == "rms" and TrainConfig().refit is False
     assert ScoreConfig().out == "scores.csv" and DenoiseTrainConfig().model == "unet_denoiser"
     assert DenoiseRunConfig(input="x").noise_spec().is_none
     assert DenoiseTrainConfig(model_parameters='{"depth": 5}').training_config().parameters == {"depth": 5}
+
+
+def test_train_refit_is_one_flag_in_the_command_line_config_files_and_code(tmp_path):
+    assert parse_beam_flags(TrainConfig, ["--refit", "false"], deep_checks=False)[0].refit is False
+    assert parse_beam_flags(TrainConfig, ["--refit", "true"], deep_checks=False)[0].refit is True
+    path = _write_json(tmp_path / "train.json", {"refit": False, "seed": 2})
+    assert parse_beam_flags(TrainConfig, ["--config", path], deep_checks=False)[0] == TrainConfig(refit=False, seed=2)
+    assert parse_beam_flags(TrainConfig, ["--config", path, "--refit", "yes"], deep_checks=False)[0].refit is True
+    with pytest.raises(FlagError, match="--refit"):
+        parse_beam_flags(TrainConfig, ["--refit", "sometimes"], deep_checks=False)
+
+
+def test_train_score_error_is_checked_by_name():
+    assert parse_beam_flags(TrainConfig, ["--score_error", "mae"], deep_checks=False)[0].score_error == "mae"
+    with pytest.raises(ValueError, match="--score_error: unknown score error 'max'; choose one of mae, rms"):
+        parse_beam_flags(TrainConfig, ["--score_error", "max"], deep_checks=False)
 
 
 def test_light_name_constants_are_their_owners():

@@ -150,3 +150,14 @@ def test_split_depends_on_the_file_name_not_the_path_spelling():
 def test_split_config_rejects_no_training_share():
     with pytest.raises(ValueError, match="leave beats to train"):
         splits.SplitConfig(test_fraction=0.5, validation_fraction=0.5)
+
+
+def test_transfer_threshold_scales_by_the_ratio_of_reference_means():
+    assert thresholds.transfer_threshold(0.3, source_mean=0.1, target_mean=0.05) == pytest.approx(0.15)
+    assert thresholds.transfer_threshold(0.3, 0.1, 0.1) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="finite and positive"):
+        thresholds.transfer_threshold(0.3, 0.0, 0.1)
+    with pytest.raises(ValueError, match="target model's mean"):
+        thresholds.transfer_threshold(0.3, 0.1, float("nan"))
+    with pytest.raises(ValueError, match="must be finite"):
+        thresholds.transfer_threshold(float("inf"), 0.1, 0.1)

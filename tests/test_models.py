@@ -581,3 +581,38 @@ def test_reference_statistics_and_ensemble_configs():
         EnsembleConfig(members=())
     with pytest.raises(ValueError, match="other than the ensemble"):
         EnsembleConfig(members=({"model": "ensemble"},))
+
+
+# ------------------------------------------------------------------------------ the score's error measure
+
+
+def test_rms_score_error_is_the_root_mean_square_of_the_absolute_errors():
+    model = registry.build("dense")
+    beats = _beats(6, BEAT_LENGTH, seed=3)
+    plain, rms = model.scores(beats), model.scores(beats, "rms")
+    errors = np.asarray(plain["per_sample_error"])
+    np.testing.assert_allclose(np.asarray(plain["anomaly_score"]), errors.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(rms["anomaly_score"]), np.sqrt(np.square(errors).mean(axis=1)), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(rms["reconstruction_error"]), errors.mean(axis=1), rtol=1e-6)
+    assert np.all(np.asarray(rms["anomaly_score"]) >= np.asarray(plain["anomaly_score"]) - 1e-7)
+    np.testing.assert_allclose(np.asarray(model.anomaly_score(beats, "rms")), np.asarray(rms["anomaly_score"]))
+    with pytest.raises(ValueError, match="score_error must be one of"):
+        model.scores(beats, "max")
+
+
+def test_the_exported_detector_keeps_its_score_error(tmp_path):
+    model = registry.build("vae", {"score": "negative_elbo"})
+    raw = 4.0 * _beats(10, BEAT_LENGTH, seed=9) - 2.0
+    root = detector.artifact_root(str(tmp_path))
+    staging = root.staging_directory()
+    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.1, score_error="rms").save(
+        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
+    root.publish(staging, {"threshold": {"value": 0.1}})
+    served = detector.load_detector(str(tmp_path)).score(raw)
+    own = model.scores((raw + 2.0) / 4.0, "rms")
+    np.testing.assert_allclose(served["anomaly_score"], np.asarray(own["anomaly_score"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(served["reconstruction_error"], served["per_sample_error"].mean(axis=1), rtol=1e-5)
+    assert np.all(served["anomaly_score"] > np.sqrt(np.square(served["per_sample_error"]).mean(axis=1)))
+    np.testing.assert_array_equal(served["is_anomaly"], served["anomaly_score"] > np.float32(0.1))
+    with pytest.raises(ValueError, match="score_error must be one of"):
+        detector.DetectorModule(tf.identity, model, 0.1, score_error="median")

@@ -154,7 +154,11 @@ def test_detector_signature_outputs(trained_detector, ecg5000_path):
     assert out["per_sample_error"].shape == (7, BEAT_LENGTH)
     np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
     assert (out["threshold"] == np.float32(detector.threshold)).all()
-    assert (out["is_anomaly"] == (out["reconstruction_error"] > out["threshold"])).all()
+    root_mean_square = np.sqrt(np.square(out["per_sample_error"]).mean(axis=1))
+    np.testing.assert_allclose(out["anomaly_score"], root_mean_square, rtol=1e-5)
+    assert trained_detector.summary["signature"]["anomaly_score"].startswith("the model's own score (Autoencoder."
+                                                                             "scores) on the rms")
+    assert (out["is_anomaly"] == (root_mean_square > out["threshold"])).all()
     assert (out["is_anomaly"] == (out["anomaly_score"] > out["threshold"])).all()
 
 
@@ -164,7 +168,11 @@ def test_score_command_end_to_end(trained_detector, sample_with_bad_rows, tmp_pa
     assert result.scored_rows == 500 and result.bad_rows == len(BAD_ROWS)
     scores = score.read_scores(result.out)
     assert (scores["index"] == np.arange(1, 501)).all()
-    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    dataset = sources.load_dataset(sources.DatasetSpec(path=sample_with_bad_rows))
+    served = load_detector(trained_detector.version_directory).score(dataset.beats)
+    rows = np.searchsorted(dataset.row_numbers, scores["index"])
+    np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["roc_auc"] >= 0.95 and result.metrics["recall"] >= 0.85
 
 
@@ -199,7 +207,11 @@ def test_train_then_score_on_ram_filesystem(sample_with_bad_rows):
     scores = score.read_scores(result.out)
     positions = np.searchsorted(scores["index"], archive["row_number"])
     np.testing.assert_allclose(scores["reconstruction_error"][positions], archive["reconstruction_error"], rtol=1e-6)
-    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    dataset = sources.load_dataset(sources.DatasetSpec(path=sample_with_bad_rows))
+    served = detector.score(dataset.beats)
+    rows = np.searchsorted(dataset.row_numbers, scores["index"])
+    np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["beats"] == 500 and result.metrics["roc_auc"] > 0.9
 
 
@@ -270,3 +282,36 @@ def test_train_autoencoder_streams_tf_data_batches_like_arrays():
     assert from_dataset.history["loss"][1] < from_dataset.history["loss"][0]
     with pytest.raises(ValueError, match="no training examples"):
         train_autoencoder(config, streamed.take(0), streamed, verbose=0)
+
+
+def test_refit_learns_from_train_and_validation_normals_and_keeps_the_test_split_out(tmp_path, ecg5000_path):
+    """`--refit true`: the winner is fitted again on train + validation normals; the card says so; test stays out."""
+    trained = train.run(["--data", ecg5000_path, "--output_dir", str(tmp_path / "out"), "--candidates", "dense",
+                         "--epochs", "4", "--refit", "true", "--report", "false", "--verbose", "0", "--seed", "1"])
+    card = trained.summary
+    normals = {name: counts.get("1", 0) for name, counts in card["data"]["rows_by_split_and_class"].items()}
+    training = card["training"]
+    assert training["exported_weights"] == "refit on train + validation normals"
+    assert training["first_fit"]["normal_beats"] == normals["train"]
+    assert training["first_fit"]["best_epoch"] == card["model"]["best_epoch"] <= 4
+    refit = training["refit"]
+    assert refit["enabled"] is True and refit["splits"] == ["train", "validation"]
+    assert refit["normal_beats"] == normals["train"] + normals["validation"]
+    assert refit["epochs"] == card["model"]["best_epoch"]
+    moved = refit["threshold"]
+    assert card["threshold"]["value"] == pytest.approx(
+        moved["first_fit_value"] * moved["refit_mean_train_score"] / moved["first_fit_mean_train_score"])
+    assert card["threshold"]["parameters"]["transferred_to_refit"] is True
+    assert sum(card["test_metrics"]["confusion_matrix"].values()) == card["data"]["rows_by_split"]["test"]
+    detector = load_detector(trained.version_directory)
+    assert detector.threshold == pytest.approx(card["threshold"]["value"])
+    beats = sources.load_dataset(sources.DatasetSpec(path=ecg5000_path)).beats[:9]
+    outputs = detector.score(beats)
+    assert (outputs["is_anomaly"] == (outputs["anomaly_score"] > outputs["threshold"])).all()
+
+
+def test_without_refit_the_card_says_the_first_fit_was_exported(trained_detector):
+    training = trained_detector.summary["training"]
+    assert training["refit"] == {"enabled": False} and training["exported_weights"] == "first fit"
+    assert training["first_fit"]["splits"] == ["train"]
+    assert training["first_fit"]["best_epoch"] == trained_detector.summary["model"]["best_epoch"]

@@ -2,3 +2,7 @@
 
 # Threshold calibration methods (``models.detection.thresholds`` implements them).
 THRESHOLD_METHODS = ("mean_std", "percentile", "max_f1")
+
+# What the anomaly score is built on (``models.family.base.Autoencoder.scores``): the mean absolute error
+# per beat, or the root mean square of the absolute errors (which weighs a short, large deviation more).
+SCORE_ERRORS = ("mae", "rms")

@@ -12,9 +12,12 @@ A model root (e.g. ``artifacts/ecg``) holds integer-numbered versions (``models.
 The SavedModel holds the normalisation graph (tensorflow-transform), the autoencoder, the threshold
 and the rule ``is_anomaly = anomaly_score > threshold``, so it loads with TensorFlow alone and
 training and serving cannot drift. The model card mirrors the threshold for people and tools; no
-scorer reads it from there. ``anomaly_score`` is the model's own score (``Autoencoder.scores``): the
-mean absolute reconstruction error, or e.g. the VAE's negative ELBO. Errors are in the normalised space
-the autoencoder was trained in; the threshold lives in the same space.
+scorer reads it from there. ``anomaly_score`` is the model's own score (``Autoencoder.scores``) on the
+detector's ``score_error``, fixed when it is built and traced into the SavedModel: the mean absolute
+reconstruction error (``"mae"``, the default of ``DetectorModule``), the root mean square of the
+absolute errors (``"rms"``, what `heartwatch train` exports by default), or e.g. the VAE's negative
+ELBO on one of them. ``reconstruction_error`` is always the mean absolute error. Errors are in the
+normalised space the autoencoder was trained in; the threshold lives in the score's space.
 
 ``Detector`` is the one loaded form every scorer uses: ``heartwatch score`` (through a Beam model
 handler), the stream, the benchmarks and the tests. Per-device adaptive thresholds in the stream are a
@@ -31,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.common import artifacts, files
-from models.detection import thresholds
+from models.detection import SCORE_ERRORS, thresholds
 from models.ecg import BEAT_LENGTH
 
 LOGGER = logging.getLogger(__name__)
@@ -66,20 +69,26 @@ class DetectorModule(tf.Module):
 
     ``preprocess`` is any trackable callable mapping raw beats [batch, BEAT_LENGTH] to the model's
     input space (the training pipeline passes the tensorflow-transform graph). ``autoencoder`` is a
-    ``models.family.base.Autoencoder``; its ``scores`` method defines every score.
+    ``models.family.base.Autoencoder``; its ``scores`` method defines every score, on ``score_error``
+    (``"mae"`` or ``"rms"``, see the module doc).
     """
 
-    def __init__(self, preprocess, autoencoder, threshold_value: float = 0.0, beat_length: int = BEAT_LENGTH):
+    def __init__(self, preprocess, autoencoder, threshold_value: float = 0.0, beat_length: int = BEAT_LENGTH,
+                 score_error: str = "mae"):
         super().__init__(name="heartwatch_detector")
+        if score_error not in SCORE_ERRORS:
+            raise ValueError(f"score_error must be one of {SCORE_ERRORS}, got {score_error!r}")
         self.preprocess = preprocess
         self.autoencoder = autoencoder
+        self.score_error = score_error
         self.threshold = tf.Variable(float(threshold_value), dtype=tf.float32, trainable=False, name="threshold")
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec([None, beat_length], tf.float32, name=INPUT_KEY)])
 
     def _serve(self, beats):
         normalized = tf.cast(self.preprocess(beats), tf.float32)
-        scores = {key: tf.cast(value, tf.float32) for key, value in self.autoencoder.scores(normalized).items()}
+        scores = {key: tf.cast(value, tf.float32)
+                  for key, value in self.autoencoder.scores(normalized, self.score_error).items()}
         threshold = tf.fill(tf.shape(scores["anomaly_score"]), self.threshold)
         is_anomaly = thresholds.is_anomalous(scores["anomaly_score"], threshold)
         return {**scores, "threshold": threshold, "is_anomaly": is_anomaly}

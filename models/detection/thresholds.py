@@ -12,7 +12,8 @@ calibration methods, all pure functions of held-out errors:
   positive) on a labelled validation split. Needs both classes.
 
 ``calibrate`` dispatches by name and returns a ``Threshold`` that travels into the exported detector
-and its model card.
+and its model card. ``transfer_threshold`` carries a calibrated threshold to a refitted model's scale
+(`heartwatch train --refit`).
 """
 
 from __future__ import annotations
@@ -152,3 +153,18 @@ def calibrate(config: ThresholdConfig, errors, is_anomaly) -> Threshold:
     return Threshold(percentile_threshold(normal_errors, config.target_false_positive_rate), "percentile",
                      {"target_false_positive_rate": config.target_false_positive_rate,
                       "normal_beats": int(normal_errors.size)})
+
+
+def transfer_threshold(value: float, source_mean: float, target_mean: float) -> float:
+    """A threshold calibrated on one model's scores, carried to another model's scale.
+
+    Both models score the same reference beats (e.g. the training normals they both learnt from);
+    ``source_mean`` and ``target_mean`` are their mean scores there, and the threshold scales by their
+    ratio, so it sits as far above the reference in the target's units as it did in the source's.
+    """
+    for name, mean in (("source", source_mean), ("target", target_mean)):
+        if not np.isfinite(mean) or mean <= 0:
+            raise ValueError(f"the {name} model's mean reference score must be finite and positive, got {mean}")
+    if not np.isfinite(value):
+        raise ValueError(f"the threshold to transfer must be finite, got {value}")
+    return float(value * target_mean / source_mean)

@@ -5,9 +5,12 @@ Every autoencoder is a Keras 3 model built from a frozen, typed config and expos
 registry in ``models.family.registry`` builds them by name; the batch pipelines and benchmarks only
 ever go through it.
 
-Errors are absolute differences (the tutorial's mean absolute error), so the anomaly score of a beat
-is its mean absolute reconstruction error unless a model defines its own (``score_from_error``, e.g.
-the VAE's negative ELBO). ``scores`` is the one definition the exported detector calls.
+Errors are absolute differences (the tutorial's mean absolute error). The anomaly score of a beat is
+built on its mean absolute reconstruction error (``score_error="mae"``) or on the root mean square of
+its absolute errors (``"rms"``, which weighs a short, large deviation such as a malformed complex more
+than the same error spread thinly; `heartwatch train` exports that by default), unless a model
+defines its own score on top (``score_from_error``, e.g. the VAE's negative ELBO). ``scores`` is the
+one definition the exported detector calls.
 
 Every model also declares its ``domain``: ``"ecg"`` for models that map flat beats [batch, 140] to
 flat beats (these can be wrapped by ``models.detection.detector.DetectorModule`` and exported),
@@ -24,6 +27,7 @@ import math
 
 import keras
 
+from models.detection import SCORE_ERRORS
 from models.family.configs import config_from_dict
 
 ECG_DOMAIN = "ecg"
@@ -75,26 +79,32 @@ class Autoencoder(keras.Model):
         """Absolute reconstruction error, same shape as the inputs."""
         return keras.ops.abs(inputs - self.reconstruct(inputs))
 
-    def scores(self, inputs) -> dict:
+    def scores(self, inputs, score_error: str = "mae") -> dict:
         """The one definition of what a model scores, used by training, evaluation and the export.
 
         Returns ``per_sample_error`` (absolute error, shaped like the inputs), ``reconstruction_error``
-        (its mean per example) and ``anomaly_score`` (higher = more anomalous): the reconstruction
-        error unless the model defines its own score (``score_from_error``), e.g. the VAE's negative ELBO.
+        (its mean per example) and ``anomaly_score`` (higher = more anomalous): ``score_error`` of the
+        absolute errors (``"mae"``: the reconstruction error; ``"rms"``: their root mean square) unless
+        the model defines its own score on it (``score_from_error``), e.g. the VAE's negative ELBO.
         """
+        if score_error not in SCORE_ERRORS:
+            raise ValueError(f"score_error must be one of {SCORE_ERRORS}, got {score_error!r}")
         per_sample_error = self.per_sample_error(inputs)
         flat = keras.ops.reshape(per_sample_error, (keras.ops.shape(per_sample_error)[0], -1))
         reconstruction_error = keras.ops.mean(flat, axis=-1)
+        error = reconstruction_error
+        if score_error == "rms":
+            error = keras.ops.sqrt(keras.ops.mean(keras.ops.square(flat), axis=-1))
         return {"per_sample_error": per_sample_error, "reconstruction_error": reconstruction_error,
-                "anomaly_score": self.score_from_error(inputs, reconstruction_error)}
+                "anomaly_score": self.score_from_error(inputs, error)}
 
     def score_from_error(self, inputs, reconstruction_error):
-        """The anomaly score given the reconstruction error; subclasses with their own score override this."""
+        """The anomaly score given the error ``scores`` measured; subclasses with their own score override this."""
         return reconstruction_error
 
-    def anomaly_score(self, inputs):
+    def anomaly_score(self, inputs, score_error: str = "mae"):
         """Anomaly score per example (see ``scores``)."""
-        return self.scores(inputs)["anomaly_score"]
+        return self.scores(inputs, score_error)["anomaly_score"]
 
     def get_config(self):
         return {"config": dataclasses.asdict(self.config)}
