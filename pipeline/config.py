@@ -102,8 +102,9 @@ class TrainConfig(DatasetFlags):
         "objects; repeatable", default=("dense",), separator=None, from_json=candidates_from_json)
     epochs: int | None = field("override every candidate's epochs", default=None,
                                default_text="each candidate's own")
-    score_error: str = field("what the anomaly score is built on: rms (root mean square of the absolute "
-                             "reconstruction errors of a beat) or mae (their mean, the tutorial's)", default="rms")
+    score_error: str = field("what the anomaly score is built on: window (the largest mean absolute "
+                             "reconstruction error over any 30 consecutive samples of a beat), rms (the root mean "
+                             "square of its absolute errors) or mae (their mean, the tutorial's)", default="window")
     refit: bool = field("after selection and calibration on validation, fit the chosen candidate again on the train "
                         "and validation normals together (the first fit's best epoch count) and export that; "
                         "the test split stays held out", default=False)

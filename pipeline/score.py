@@ -34,7 +34,8 @@ from pipeline.export import format_metrics
 from pipeline.runner import job_pipeline
 
 LOGGER = logging.getLogger(__name__)
-CSV_COLUMNS = ("index", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class", "source")
+CSV_COLUMNS = ("index", "anomaly_score", "reconstruction_error", "threshold", "is_anomaly", "label", "source_class",
+               "source")
 # The detector outputs each scored row keeps (``per_sample_error`` is left out: 140 values a beat).
 ROW_OUTPUTS = ("anomaly_score", "reconstruction_error", "threshold", "is_anomaly")
 METRICS_SUFFIX = ".metrics.partial"
@@ -88,12 +89,12 @@ def csv_rows(keyed_result) -> list[str]:
     chunk, result = keyed_result
     inference = result.inference
     source = _text_field(chunk.source)
-    return [f"{row_number},{error:.8g},{threshold:.8g},{int(flagged)},"
+    return [f"{row_number},{score:.8g},{error:.8g},{threshold:.8g},{int(flagged)},"
             f"{'' if label == UNKNOWN_LABEL else label},{_text_field(source_class)},{source}"
-            for row_number, error, threshold, flagged, label, source_class in zip(
-                chunk.row_numbers.tolist(), inference["reconstruction_error"].tolist(),
-                inference["threshold"].tolist(), inference["is_anomaly"].tolist(), chunk.is_anomaly.tolist(),
-                chunk.source_classes)]
+            for row_number, score, error, threshold, flagged, label, source_class in zip(
+                chunk.row_numbers.tolist(), inference["anomaly_score"].tolist(),
+                inference["reconstruction_error"].tolist(), inference["threshold"].tolist(),
+                inference["is_anomaly"].tolist(), chunk.is_anomaly.tolist(), chunk.source_classes)]
 
 
 def _metrics_inputs(keyed_result):
@@ -143,16 +144,17 @@ def read_scores(path: str) -> dict[str, np.ndarray]:
         if header != list(CSV_COLUMNS):
             raise ValueError(f"{shard} is not a heartwatch score file (header {header})")
         rows += [line.split(",") for line in lines[1:] if line.strip()]
-    rows.sort(key=lambda row: (row[6], int(row[0])))
-    columns = list(zip(*rows)) if rows else [()] * len(CSV_COLUMNS)
+    rows.sort(key=lambda row: (row[7], int(row[0])))
+    columns = dict(zip(CSV_COLUMNS, zip(*rows) if rows else [()] * len(CSV_COLUMNS)))
     return {
-        "index": np.asarray(columns[0], dtype=np.int64),
-        "reconstruction_error": np.asarray(columns[1], dtype=np.float64),
-        "threshold": np.asarray(columns[2], dtype=np.float64),
-        "is_anomaly": np.asarray(columns[3], dtype=np.int64),
-        "label": np.asarray([int(value) if value else UNKNOWN_LABEL for value in columns[4]], dtype=np.int64),
-        "source_class": np.asarray(columns[5], dtype=str),
-        "source": np.asarray(columns[6], dtype=str),
+        "index": np.asarray(columns["index"], dtype=np.int64),
+        "anomaly_score": np.asarray(columns["anomaly_score"], dtype=np.float64),
+        "reconstruction_error": np.asarray(columns["reconstruction_error"], dtype=np.float64),
+        "threshold": np.asarray(columns["threshold"], dtype=np.float64),
+        "is_anomaly": np.asarray(columns["is_anomaly"], dtype=np.int64),
+        "label": np.asarray([int(value) if value else UNKNOWN_LABEL for value in columns["label"]], dtype=np.int64),
+        "source_class": np.asarray(columns["source_class"], dtype=str),
+        "source": np.asarray(columns["source"], dtype=str),
     }
 
 

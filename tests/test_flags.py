@@ -248,7 +248,7 @@ def test_job_configs_keep_their_methods_and_defaults():
     assert config.split_config().test_fraction == 0.2 and config.threshold_config().method == "max_f1"
     assert config.dataset_spec().path == "synthetic"
     assert TrainConfig().candidates == ("dense",) and TrainConfig().output_dir == "artifacts/ecg"
-    assert TrainConfig().score_error == "rms" and TrainConfig().refit is False
+    assert TrainConfig().score_error == "window" and TrainConfig().refit is False
     assert ScoreConfig().out == "scores.csv" and DenoiseTrainConfig().model == "unet_denoiser"
     assert DenoiseRunConfig(input="x").noise_spec().is_none
     assert DenoiseTrainConfig(model_parameters='{"depth": 5}').training_config().parameters == {"depth": 5}
@@ -266,7 +266,7 @@ def test_train_refit_is_one_flag_in_the_command_line_config_files_and_code(tmp_p
 
 def test_train_score_error_is_checked_by_name():
     assert parse_beam_flags(TrainConfig, ["--score_error", "mae"], deep_checks=False)[0].score_error == "mae"
-    with pytest.raises(ValueError, match="--score_error: unknown score error 'max'; choose one of mae, rms"):
+    with pytest.raises(ValueError, match="--score_error: unknown score error 'max'; choose one of mae, rms, window"):
         parse_beam_flags(TrainConfig, ["--score_error", "max"], deep_checks=False)
 
 

@@ -600,6 +600,32 @@ def test_rms_score_error_is_the_root_mean_square_of_the_absolute_errors():
         model.scores(beats, "max")
 
 
+def _worst_windows(errors: np.ndarray, window: int) -> np.ndarray:
+    """Largest mean of ``window`` consecutive errors per row, by cumulative sums (independent of Keras pooling)."""
+    sums = np.cumsum(np.pad(errors, ((0, 0), (1, 0))), axis=1)
+    return ((sums[:, window:] - sums[:, :-window]) / window).max(axis=1)
+
+
+def test_window_score_error_is_the_worst_window_mean_of_the_absolute_errors():
+    from models.detection import SCORE_WINDOW_SAMPLES
+    from models.family.base import worst_window_error
+
+    model = registry.build("dense")
+    beats = _beats(6, BEAT_LENGTH, seed=4)
+    scored = model.scores(beats, "window")
+    errors = np.asarray(scored["per_sample_error"])
+    np.testing.assert_allclose(np.asarray(scored["anomaly_score"]), _worst_windows(errors, SCORE_WINDOW_SAMPLES),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scored["reconstruction_error"]), errors.mean(axis=1), rtol=1e-6)
+    assert np.all(np.asarray(scored["anomaly_score"]) >= errors.mean(axis=1) - 1e-7)
+    spike = np.zeros((2, BEAT_LENGTH), np.float32)
+    spike[0, 50:60] = 1.0
+    spike[1, ::14] = 1.0  # the same total error spread over the beat
+    windows = np.asarray(worst_window_error(spike, 30))
+    np.testing.assert_allclose(windows, [10 / 30, 3 / 30], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(worst_window_error(spike, 1000)), spike.mean(axis=1), rtol=1e-6)
+
+
 def test_the_exported_detector_keeps_its_score_error(tmp_path):
     model = registry.build("vae", {"score": "negative_elbo"})
     raw = 4.0 * _beats(10, BEAT_LENGTH, seed=9) - 2.0
@@ -616,3 +642,19 @@ def test_the_exported_detector_keeps_its_score_error(tmp_path):
     np.testing.assert_array_equal(served["is_anomaly"], served["anomaly_score"] > np.float32(0.1))
     with pytest.raises(ValueError, match="score_error must be one of"):
         detector.DetectorModule(tf.identity, model, 0.1, score_error="median")
+
+
+def test_the_exported_detector_serves_the_window_score(tmp_path):
+    from models.detection import SCORE_WINDOW_SAMPLES
+
+    model = registry.build("dense")
+    raw = 4.0 * _beats(10, BEAT_LENGTH, seed=8) - 2.0
+    root = detector.artifact_root(str(tmp_path))
+    staging = root.staging_directory()
+    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.05, score_error="window").save(
+        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
+    root.publish(staging, {"threshold": {"value": 0.05}})
+    served = detector.load_detector(str(tmp_path)).score(raw)
+    expected = _worst_windows(served["per_sample_error"], SCORE_WINDOW_SAMPLES)
+    np.testing.assert_allclose(served["anomaly_score"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(served["is_anomaly"], served["anomaly_score"] > np.float32(0.05))

@@ -123,7 +123,7 @@ def test_train_then_score(runner_flags, beat_file, tmp_path):
     assert result.scored_rows == BEATS and result.bad_rows == 0
     scores = score.read_scores(result.out)
     assert (scores["index"] == np.arange(1, BEATS + 1)).all()
-    assert (scores["is_anomaly"] == (scores["reconstruction_error"] > scores["threshold"])).all()
+    assert (scores["is_anomaly"] == (scores["anomaly_score"] > scores["threshold"])).all()
     archive = np.load(os.path.join(trained.version_directory, export.TEST_SCORES_FILE))
     positions = np.searchsorted(scores["index"], archive["row_number"])
     np.testing.assert_allclose(scores["reconstruction_error"][positions], archive["reconstruction_error"],

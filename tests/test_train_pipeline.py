@@ -15,6 +15,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import BAD_ROWS, REPOSITORY
 
 from models.common import files
+from models.detection import SCORE_WINDOW_SAMPLES
 from models.detection.detector import load_detector
 from models.ecg import BEAT_KEY, BEAT_LENGTH, NORMALIZED_BEAT_KEY, sources
 from pipeline import ecg_steps, export, score, splits, train
@@ -154,11 +155,13 @@ def test_detector_signature_outputs(trained_detector, ecg5000_path):
     assert out["per_sample_error"].shape == (7, BEAT_LENGTH)
     np.testing.assert_allclose(out["reconstruction_error"], out["per_sample_error"].mean(axis=1), rtol=1e-5)
     assert (out["threshold"] == np.float32(detector.threshold)).all()
-    root_mean_square = np.sqrt(np.square(out["per_sample_error"]).mean(axis=1))
-    np.testing.assert_allclose(out["anomaly_score"], root_mean_square, rtol=1e-5)
+    sums = np.cumsum(np.pad(out["per_sample_error"].astype(np.float64), ((0, 0), (1, 0))), axis=1)
+    window = SCORE_WINDOW_SAMPLES
+    worst_window = ((sums[:, window:] - sums[:, :-window]) / window).max(axis=1)
+    np.testing.assert_allclose(out["anomaly_score"], worst_window, rtol=1e-5)
     assert trained_detector.summary["signature"]["anomaly_score"].startswith("the model's own score (Autoencoder."
-                                                                             "scores) on the rms")
-    assert (out["is_anomaly"] == (root_mean_square > out["threshold"])).all()
+                                                                             "scores) on the window")
+    assert (out["is_anomaly"] == (out["anomaly_score"] > out["threshold"])).all()
     assert (out["is_anomaly"] == (out["anomaly_score"] > out["threshold"])).all()
 
 
@@ -172,6 +175,8 @@ def test_score_command_end_to_end(trained_detector, sample_with_bad_rows, tmp_pa
     served = load_detector(trained_detector.version_directory).score(dataset.beats)
     rows = np.searchsorted(dataset.row_numbers, scores["index"])
     np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    np.testing.assert_allclose(scores["anomaly_score"], served["anomaly_score"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (scores["anomaly_score"] > scores["threshold"])).all()
     assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["roc_auc"] >= 0.95 and result.metrics["recall"] >= 0.85
 
@@ -211,6 +216,8 @@ def test_train_then_score_on_ram_filesystem(sample_with_bad_rows):
     served = detector.score(dataset.beats)
     rows = np.searchsorted(dataset.row_numbers, scores["index"])
     np.testing.assert_allclose(scores["reconstruction_error"], served["reconstruction_error"][rows], rtol=1e-5)
+    np.testing.assert_allclose(scores["anomaly_score"], served["anomaly_score"][rows], rtol=1e-5)
+    assert (scores["is_anomaly"] == (scores["anomaly_score"] > scores["threshold"])).all()
     assert (scores["is_anomaly"] == (served["anomaly_score"][rows] > scores["threshold"])).all()
     assert result.metrics["beats"] == 500 and result.metrics["roc_auc"] > 0.9
 

@@ -4,5 +4,7 @@
 THRESHOLD_METHODS = ("mean_std", "percentile", "max_f1")
 
 # What the anomaly score is built on (``models.family.base.Autoencoder.scores``): the mean absolute error
-# per beat, or the root mean square of the absolute errors (which weighs a short, large deviation more).
-SCORE_ERRORS = ("mae", "rms")
+# per beat, the root mean square of the absolute errors (which weighs a short, large deviation more), or
+# the worst window: the largest mean absolute error over any SCORE_WINDOW_SAMPLES consecutive samples.
+SCORE_ERRORS = ("mae", "rms", "window")
+SCORE_WINDOW_SAMPLES = 30

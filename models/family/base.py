@@ -6,9 +6,11 @@ registry in ``models.family.registry`` builds them by name; the batch pipelines 
 ever go through it.
 
 Errors are absolute differences (the tutorial's mean absolute error). The anomaly score of a beat is
-built on its mean absolute reconstruction error (``score_error="mae"``) or on the root mean square of
+built on its mean absolute reconstruction error (``score_error="mae"``), on the root mean square of
 its absolute errors (``"rms"``, which weighs a short, large deviation such as a malformed complex more
-than the same error spread thinly; `heartwatch train` exports that by default), unless a model
+than the same error spread thinly) or on its worst window (``"window"``: the largest mean absolute
+error over ``SCORE_WINDOW_SAMPLES`` consecutive samples, about a QRS complex and its surroundings;
+`heartwatch train` exports that by default), unless a model
 defines its own score on top (``score_from_error``, e.g. the VAE's negative ELBO). ``scores`` is the
 one definition the exported detector calls.
 
@@ -27,12 +29,24 @@ import math
 
 import keras
 
-from models.detection import SCORE_ERRORS
+from models.detection import SCORE_ERRORS, SCORE_WINDOW_SAMPLES
 from models.family.configs import config_from_dict
 
 ECG_DOMAIN = "ecg"
 IMAGE_DOMAIN = "image"
 DOMAINS = (ECG_DOMAIN, IMAGE_DOMAIN)
+
+
+def worst_window_error(flat_errors, window: int):
+    """Per example, the largest mean of ``window`` consecutive values of ``flat_errors`` [batch, samples].
+
+    A window longer than the example is the whole example (its mean).
+    """
+    samples = flat_errors.shape[-1]
+    window = max(1, int(window) if samples is None else min(int(window), int(samples)))
+    means = keras.ops.average_pool(keras.ops.expand_dims(flat_errors, -1), pool_size=window, strides=1,
+                                   padding="valid")
+    return keras.ops.max(keras.ops.squeeze(means, -1), axis=-1)
 
 
 class Autoencoder(keras.Model):
@@ -84,17 +98,22 @@ class Autoencoder(keras.Model):
 
         Returns ``per_sample_error`` (absolute error, shaped like the inputs), ``reconstruction_error``
         (its mean per example) and ``anomaly_score`` (higher = more anomalous): ``score_error`` of the
-        absolute errors (``"mae"``: the reconstruction error; ``"rms"``: their root mean square) unless
-        the model defines its own score on it (``score_from_error``), e.g. the VAE's negative ELBO.
+        absolute errors (``"mae"``: the reconstruction error; ``"rms"``: their root mean square;
+        ``"window"``: ``worst_window_error``) unless the model defines its own score on it
+        (``score_from_error``), e.g. the VAE's negative ELBO.
         """
         if score_error not in SCORE_ERRORS:
             raise ValueError(f"score_error must be one of {SCORE_ERRORS}, got {score_error!r}")
         per_sample_error = self.per_sample_error(inputs)
-        flat = keras.ops.reshape(per_sample_error, (keras.ops.shape(per_sample_error)[0], -1))
+        values = per_sample_error.shape[1:]
+        width = math.prod(values) if all(size is not None for size in values) else -1
+        flat = keras.ops.reshape(per_sample_error, (keras.ops.shape(per_sample_error)[0], width))
         reconstruction_error = keras.ops.mean(flat, axis=-1)
         error = reconstruction_error
         if score_error == "rms":
             error = keras.ops.sqrt(keras.ops.mean(keras.ops.square(flat), axis=-1))
+        elif score_error == "window":
+            error = worst_window_error(flat, SCORE_WINDOW_SAMPLES)
         return {"per_sample_error": per_sample_error, "reconstruction_error": reconstruction_error,
                 "anomaly_score": self.score_from_error(inputs, error)}
 
