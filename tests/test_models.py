@@ -626,15 +626,20 @@ def test_window_score_error_is_the_worst_window_mean_of_the_absolute_errors():
     np.testing.assert_allclose(np.asarray(worst_window_error(spike, 1000)), spike.mean(axis=1), rtol=1e-6)
 
 
+def _served(tmp_path, model, raw, threshold: float, score_error: str) -> dict:
+    """``raw`` beats scored by ``model`` exported as a detector (min-max over [-2, 2]) on ``score_error``."""
+    root = detector.artifact_root(str(tmp_path))
+    staging = root.staging_directory()
+    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=threshold, score_error=score_error).save(
+        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
+    root.publish(staging, {"threshold": {"value": threshold}})
+    return detector.load_detector(str(tmp_path)).score(raw)
+
+
 def test_the_exported_detector_keeps_its_score_error(tmp_path):
     model = registry.build("vae", {"score": "negative_elbo"})
     raw = 4.0 * _beats(10, BEAT_LENGTH, seed=9) - 2.0
-    root = detector.artifact_root(str(tmp_path))
-    staging = root.staging_directory()
-    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.1, score_error="rms").save(
-        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
-    root.publish(staging, {"threshold": {"value": 0.1}})
-    served = detector.load_detector(str(tmp_path)).score(raw)
+    served = _served(tmp_path, model, raw, 0.1, "rms")
     own = model.scores((raw + 2.0) / 4.0, "rms")
     np.testing.assert_allclose(served["anomaly_score"], np.asarray(own["anomaly_score"]), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(served["reconstruction_error"], served["per_sample_error"].mean(axis=1), rtol=1e-5)
@@ -647,14 +652,8 @@ def test_the_exported_detector_keeps_its_score_error(tmp_path):
 def test_the_exported_detector_serves_the_window_score(tmp_path):
     from models.detection import SCORE_WINDOW_SAMPLES
 
-    model = registry.build("dense")
     raw = 4.0 * _beats(10, BEAT_LENGTH, seed=8) - 2.0
-    root = detector.artifact_root(str(tmp_path))
-    staging = root.staging_directory()
-    detector.DetectorModule(_MinMax(-2.0, 2.0), model, threshold_value=0.05, score_error="window").save(
-        files.join(staging, detector.SAVED_MODEL_DIRECTORY))
-    root.publish(staging, {"threshold": {"value": 0.05}})
-    served = detector.load_detector(str(tmp_path)).score(raw)
+    served = _served(tmp_path, registry.build("dense"), raw, 0.05, "window")
     expected = _worst_windows(served["per_sample_error"], SCORE_WINDOW_SAMPLES)
     np.testing.assert_allclose(served["anomaly_score"], expected, rtol=1e-5)
     np.testing.assert_array_equal(served["is_anomaly"], served["anomaly_score"] > np.float32(0.05))
