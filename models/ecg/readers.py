@@ -272,11 +272,11 @@ def _parquet_labels(frame: pd.DataFrame, label_index: int | None) -> list[str] |
     """The label column as text (``1.0`` as ``"1"``, nulls as ``""``), or ``None``."""
     if label_index is None:
         return None
-    return [_label_cell_text(value) for value in frame.iloc[:, label_index].tolist()]
+    return [label_cell_text(value) for value in frame.iloc[:, label_index].tolist()]
 
 
-def _label_cell_text(value: Any) -> str:
-    """The text of a typed label cell."""
+def label_cell_text(value: Any) -> str:
+    """The text of a typed label cell (parquet cells, TFRecord label values): ``1.0`` as ``"1"``, nulls as ``""``."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
     if isinstance(value, float) and value.is_integer():

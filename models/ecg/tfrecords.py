@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import crc32c
 
+from models.ecg.readers import OpenFunction, label_cell_text, open_binary
 from models.ecg.validation import Unreadable
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfr")
@@ -104,15 +105,6 @@ def _feature_values(feature) -> list:
     return [] if kind is None else list(getattr(feature, kind).value)
 
 
-def _label_text(value: Any) -> str:
-    """One label value as text (``1.0`` as ``"1"``, bytes decoded)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace").strip()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def example_row(payload: bytes, beat_feature: str, label_feature: str, label_required: bool) -> tuple[Any, str | None]:
     """``(values, label_text)`` of one serialised Example, or ``(Unreadable, None)``."""
     from tensorflow.core.example import example_pb2
@@ -131,14 +123,15 @@ def example_row(payload: bytes, beat_feature: str, label_feature: str, label_req
     labels = _feature_values(features[label_feature])
     if len(labels) > 1:
         return Unreadable(f"label feature {label_feature!r} holds {len(labels)} values, expected one"), None
-    return values, _label_text(labels[0]) if labels else ""
+    if not labels:
+        return values, ""
+    label = labels[0]
+    return values, label_cell_text(label.decode("utf-8", errors="replace") if isinstance(label, bytes) else label)
 
 
-def tfrecord_rows(path: str, open_fn, feature_columns: tuple[str, ...] | None,
+def tfrecord_rows(path: str, open_fn: OpenFunction, feature_columns: tuple[str, ...] | None,
                   label_column: str | None) -> Iterator[tuple[int, Any, str | None]]:
     """The raw ``(row_number, values, label_text)`` rows of one TFRecord beat file (see the module docstring)."""
-    from models.ecg.readers import open_binary
-
     beat_feature = beat_feature_name(feature_columns)
     label_feature = label_column or LABEL_FEATURE
     row_number = 0
