@@ -15,9 +15,10 @@ training and serving cannot drift. The model card mirrors the threshold for peop
 scorer reads it from there. ``anomaly_score`` is the model's own score (``Autoencoder.scores``) on the
 detector's ``score_error``, fixed when it is built and traced into the SavedModel: the mean absolute
 reconstruction error (``"mae"``, the default of ``DetectorModule``), the root mean square of the
-absolute errors (``"rms"``, what `heartwatch train` exports by default), or e.g. the VAE's negative
-ELBO on one of them. ``reconstruction_error`` is always the mean absolute error. Errors are in the
-normalised space the autoencoder was trained in; the threshold lives in the score's space.
+absolute errors (``"rms"``), the worst 30-sample window of them (``"window"``, what `heartwatch train`
+exports by default), or e.g. the VAE's negative ELBO on one of them. ``reconstruction_error`` is
+always the mean absolute error. Errors are in the normalised space the autoencoder was trained in;
+the threshold lives in the score's space.
 
 ``Detector`` is the one loaded form every scorer uses: ``heartwatch score`` (through a Beam model
 handler), the stream, the benchmarks and the tests. Per-device adaptive thresholds in the stream are a
@@ -70,7 +71,7 @@ class DetectorModule(tf.Module):
     ``preprocess`` is any trackable callable mapping raw beats [batch, BEAT_LENGTH] to the model's
     input space (the training pipeline passes the tensorflow-transform graph). ``autoencoder`` is a
     ``models.family.base.Autoencoder``; its ``scores`` method defines every score, on ``score_error``
-    (``"mae"`` or ``"rms"``, see the module doc).
+    (one of ``models.detection.SCORE_ERRORS``, see the module doc).
     """
 
     def __init__(self, preprocess, autoencoder, threshold_value: float = 0.0, beat_length: int = BEAT_LENGTH,

@@ -9,8 +9,8 @@ sample indices in reasons are 0-based (``beat[index]``).
 Labels, per format: ``ecg_csv`` has 1 for normal and 0 for abnormal (TensorFlow counts normal as
 positive, heartwatch does not: ``is_anomaly = 1 - label``); ``ucr`` classes are 1 (normal) to 5,
 kept as the source class; ``synthetic`` labels are the generator's kinds; ``csv`` and ``parquet``
-tables (and ``tfrecord`` files) compare against the spec's ``normal_label`` as text or as a number, and without a label
-column every beat is ``UNKNOWN_LABEL``.
+tables (and ``tfrecord`` files) compare against the spec's ``normal_label`` as text or as a number,
+and without a label column every beat is ``UNKNOWN_LABEL``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ built on its mean absolute reconstruction error (``score_error="mae"``), on the 
 its absolute errors (``"rms"``, which weighs a short, large deviation such as a malformed complex more
 than the same error spread thinly) or on its worst window (``"window"``: the largest mean absolute
 error over ``SCORE_WINDOW_SAMPLES`` consecutive samples, about a QRS complex and its surroundings;
-`heartwatch train` exports that by default), unless a model
-defines its own score on top (``score_from_error``, e.g. the VAE's negative ELBO). ``scores`` is the
-one definition the exported detector calls.
+`heartwatch train` exports that by default), unless a model defines its own score on top
+(``score_from_error``, e.g. the VAE's negative ELBO). ``scores`` is the one definition the exported
+detector calls.
 
 Every model also declares its ``domain``: ``"ecg"`` for models that map flat beats [batch, 140] to
 flat beats (these can be wrapped by ``models.detection.detector.DetectorModule`` and exported),
