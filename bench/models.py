@@ -37,6 +37,7 @@ from models.ecg import sources  # noqa: E402
 from models.training.candidates import CANDIDATES, CandidateConfig  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits  # noqa: E402
+from pipeline.config import TrainConfig  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("HEARTWATCH_ECG5000", "../shared/data/ecg5000/ECG5000_TRAIN.txt")
 DEFAULT_ROWS = tuple(name for name in CANDIDATES if name != "tutorial")
@@ -60,7 +61,7 @@ def split_arrays(dataset, seed: int) -> dict:
             "test": scale(dataset.beats[test]), "test_labels": dataset.is_anomaly[test]}
 
 
-def evaluate(candidate: CandidateConfig, arrays: dict, seed: int, score_error: str = "window") -> dict:
+def evaluate(candidate: CandidateConfig, arrays: dict, seed: int, score_error: str) -> dict:
     """Trains ``candidate`` on one split, calibrates on validation; returns validation and test metrics.
 
     Beats are scored by the model's ``anomaly_score`` on ``score_error`` (`heartwatch train --score_error`).
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="seeds to run instead, e.g. 0-4 or 3,7")
     parser.add_argument("--models", default=",".join(DEFAULT_ROWS), help="comma-separated preset names")
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
-    parser.add_argument("--score_error", default="window", choices=SCORE_ERRORS,
+    parser.add_argument("--score_error", default=TrainConfig().score_error, choices=SCORE_ERRORS,
                         help="what scores are built on, as `heartwatch train --score_error` (default: its default)")
     parser.add_argument("--output", default=None, help="write the per-split rows as JSON here (after every row)")
     parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these --output files")
