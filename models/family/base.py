@@ -40,13 +40,14 @@ DOMAINS = (ECG_DOMAIN, IMAGE_DOMAIN)
 def worst_window_error(flat_errors, window: int):
     """Per example, the largest mean of ``window`` consecutive values of ``flat_errors`` [batch, samples].
 
-    A window longer than the example is the whole example (its mean).
+    A window longer than the example is the whole example (its mean). The window sums are differences
+    of running sums, not a stride-1 ``average_pool``: on a CPU the pool cost 34 µs a beat for [1024, 140]
+    errors against 2.8 µs (most of the stream's scoring time); both agree to float32 rounding.
     """
     samples = flat_errors.shape[-1]
     window = max(1, int(window) if samples is None else min(int(window), int(samples)))
-    means = keras.ops.average_pool(keras.ops.expand_dims(flat_errors, -1), pool_size=window, strides=1,
-                                   padding="valid")
-    return keras.ops.max(keras.ops.squeeze(means, -1), axis=-1)
+    sums = keras.ops.cumsum(keras.ops.pad(flat_errors, [[0, 0], [1, 0]]), axis=-1)
+    return keras.ops.max((sums[:, window:] - sums[:, :-window]) / window, axis=-1)
 
 
 class Autoencoder(keras.Model):
