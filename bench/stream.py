@@ -11,7 +11,11 @@ On one broker (the embedded tansu unless ``--bootstrap_servers``) and the same p
               message, like (a)); each at two anomaly rates of the load: about 5 % and 100 %
 
 Throughput is read from outside through the group's committed offsets (first commit to last), so
-start-up and group joins do not count. Then two `heartwatch stream` processes share one group, and
+start-up and group joins do not count. Then two `heartwatch stream` processes share one group on a
+topic holding twice the messages; their rate counts from the moment each holds two of the four
+partitions (read from their logs), so the first one's time alone and the join's rebalance do not
+count. Beside every rate: the cores in use over the same window by the measured processes, by the
+broker and by the whole machine (from /proc), which says when the machine itself is the limit. Then
 end-to-end latency (producer send time in the message -> anomaly event read back by this script) is
 measured at half of (c)'s rate, beside the transport alone (load generator -> broker -> reader) at
 the same rate. The load generator and the reader stand in for other machines, so they use
@@ -38,6 +42,7 @@ Cases (``--cases``, default all): ``ceiling``, ``floor``, ``events-low``, ``even
 """
 
 import argparse
+import ast
 import json
 import os
 import shlex
@@ -71,6 +76,8 @@ ENVIRONMENT = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITO
                    TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
 CASES = ("ceiling", "floor", "events-low", "events-all", "scores-low", "scores-all", "two-all", "latency", "model")
 LOW_ANOMALY_RATE = 0.05
+BROKER_PID: dict = {}  # {"pid": the embedded broker's process id} while this script runs one
+TWO_PROCESS_LOAD = 2  # times --messages in the two-process case's topic: its rate is measured after the join
 LOAD_BEATS = 20000
 QUICK = {"messages": 20000, "floor_seconds": 5.0, "latency_seconds": 8.0, "latency_runs": 1, "model_seconds": 1.0}
 
@@ -194,13 +201,42 @@ def committed_total(consumer, partitions) -> int:
     return sum(consumer.committed(partition) or 0 for partition in partitions)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of this machine spent busy so far (not idle or waiting for IO)."""
+    with open("/proc/stat") as stat:
+        values = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(pids: list, broker_pid: int | None) -> tuple:
+    """(the processes' CPU seconds, the broker's, the machine's busy seconds) now."""
+    return (sum(process_cpu_seconds(pid) for pid in pids),
+            process_cpu_seconds(broker_pid) if broker_pid else float("nan"), machine_busy_seconds())
+
+
 def measure_group(settings, topic: str, group: str, target: int, timeout_seconds: float,
-                  processes: list) -> dict:
-    """Watches a group's commits until ``target`` messages are committed (or timeout); returns the rate."""
+                  processes: list, ready=None, broker_pid: int | None = None) -> dict:
+    """Watches a group's commits until ``target`` messages are committed (or timeout); returns the rate.
+
+    The rate runs from the first commit seen, or with ``ready`` from the first one seen once ``ready()``
+    is true (the group's steady state, after its rebalances). Over the same window it measures the
+    cores in use: by ``processes``, by the broker (``broker_pid``, when it runs here) and by the machine.
+    """
     consumer = make_consumer(settings, group_id=group, client_id="bench-monitor")
     partitions = [TopicPartition(topic, partition) for partition in range(DEFAULT_PARTITIONS)]
-    first_time = first_total = None
+    first_time = first_total = first_cpu = last_cpu = None
     last_total, last_time = 0, time.monotonic()
+    pids = [process.pid for process in processes]
     deadline = time.monotonic() + timeout_seconds
     try:
         while time.monotonic() < deadline:
@@ -208,10 +244,13 @@ def measure_group(settings, topic: str, group: str, target: int, timeout_seconds
                 break
             total = committed_total(consumer, partitions)
             now = time.monotonic()
-            if total and first_time is None:
+            if total and first_time is None and (ready is None or ready()):
                 first_time, first_total = now, total
+                first_cpu = last_cpu = cpu_snapshot(pids, broker_pid)
             if total != last_total:
                 last_total, last_time = total, now
+                if first_time is not None:
+                    last_cpu = cpu_snapshot(pids, broker_pid)
             if total >= target:
                 break
             time.sleep(0.1)
@@ -219,19 +258,55 @@ def measure_group(settings, topic: str, group: str, target: int, timeout_seconds
         consumer.close(autocommit=False)
     if first_time is None or last_time <= first_time:
         return {"rate": 0.0, "committed": last_total}
-    return {"rate": (last_total - first_total) / (last_time - first_time), "committed": last_total,
-            "seconds": last_time - first_time}
+    seconds = last_time - first_time
+    cores = [(last - first) / seconds for first, last in zip(first_cpu, last_cpu)]
+    return {"rate": (last_total - first_total) / seconds, "committed": last_total, "seconds": seconds,
+            "cores": {"processes": cores[0], "broker": cores[1], "machine": cores[2]}}
 
 
-def start_stream(settings, model_dir: str, topic: str, group: str, arguments, *extra: str) -> subprocess.Popen:
-    """`heartwatch stream` as a child process."""
+class AssignmentWatch:
+    """Follows a stream's partition assignment from its INFO log lines on stderr (a reader thread).
+
+    Lines at WARNING and above are passed on to this process's stderr, so the run still shows them.
+    """
+
+    def __init__(self, process: subprocess.Popen):
+        self.partitions: set = set()
+        self._thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            if "partitions assigned: " in line:
+                self.partitions = set(ast.literal_eval(line.split("partitions assigned: ", 1)[1].strip()))
+            elif "partitions revoked: " in line:
+                self.partitions = set()
+            elif any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL ")) or "Traceback" in line:
+                sys.stderr.write(line)
+
+
+def group_is_spread(watches: list, partitions: int = DEFAULT_PARTITIONS) -> bool:
+    """True when every watched stream holds partitions and together they hold each of them once."""
+    held = [watch.partitions for watch in watches]
+    return all(held) and sum(map(len, held)) == partitions and len(set().union(*held)) == partitions
+
+
+def start_stream(settings, model_dir: str, topic: str, group: str, arguments, *extra: str,
+                 watch_assignment: bool = False) -> subprocess.Popen:
+    """`heartwatch stream` as a child process; with ``watch_assignment`` its ``assignment`` attribute is an
+    ``AssignmentWatch`` (INFO logs on a pipe)."""
     command = [sys.executable, "-m", "heartwatch_cli", "stream", "--bootstrap_servers", settings.bootstrap_servers,
                "--model_dir", model_dir, "--input_topic", topic, "--group_id", group, "--metrics_port", "0",
                "--model_poll_seconds", "0", "--batch_size", str(arguments.batch_size), "--batch_timeout_ms",
                str(arguments.batch_timeout_ms), "--session_timeout_ms", "3000", "--max_poll_interval_ms", "10000",
                "--events_topic", f"{group}-events", "--dead_letter_topic", f"{group}-dead", "--alerts_topic", "",
                "--log_format", "text", *shlex.split(arguments.stream_args), *extra]
-    process = subprocess.Popen(command, cwd=REPOSITORY, env=ENVIRONMENT)
+    if watch_assignment:
+        process = subprocess.Popen(command, cwd=REPOSITORY, env=dict(ENVIRONMENT, HEARTWATCH_LOG_LEVEL="INFO"),
+                                   stderr=subprocess.PIPE, text=True)
+        process.assignment = AssignmentWatch(process)
+    else:
+        process = subprocess.Popen(command, cwd=REPOSITORY, env=ENVIRONMENT)
     if arguments.profile_dir:
         profile(process, files.join(arguments.profile_dir, f"{group}-{process.pid}.txt"))
     return process
@@ -491,12 +566,16 @@ def train_detector(directory: str) -> str:
     return directory
 
 
-def throughput(settings, topic: str, label: str, processes_factory, target: int, timeout: float = 300) -> dict:
-    """Starts processes from ``processes_factory(group)`` and measures their group's committed rate."""
+def throughput(settings, topic: str, label: str, processes_factory, target: int, timeout: float = 300,
+               ready=None) -> dict:
+    """Starts processes from ``processes_factory(group)`` and measures their group's committed rate
+    (with ``ready(processes)``: from when it is true)."""
     group = f"bench-{label}-{int(time.time() * 1000) % 10**8}"
     processes = processes_factory(group)
+    until = None if ready is None else (lambda: ready(processes))
     try:
-        return {**measure_group(settings, topic, group, target, timeout, processes), "load": load_average()}
+        return {**measure_group(settings, topic, group, target, timeout, processes, until, BROKER_PID.get("pid")),
+                "load": load_average()}
     finally:
         stop(processes)
 
@@ -519,6 +598,11 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
         print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
               f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
         preload(settings, topic, count, arguments.encoding)
+    two_topic = f"{topic}-two"
+    if "two-all" in cases:
+        print(f"pre-loading {TWO_PROCESS_LOAD * count:,} messages into {two_topic} for the two processes "
+              "(the first consumes alone until the second joins)...", flush=True)
+        preload(settings, two_topic, TWO_PROCESS_LOAD * count, arguments.encoding)
     if "ceiling" in cases:
         results["ceiling"] = throughput(settings, topic, "ceiling", lambda group: [
             start_role(settings, "ceiling", topic, group)], count)
@@ -531,10 +615,16 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
         kind, anomalies = case.split("-")
         directory = results["detectors"][anomalies]["directory"]
 
+        if kind == "two":  # measured once both hold partitions: the join's rebalance is not the steady rate
+            results[case] = throughput(settings, two_topic, f"stream-{case}", lambda group, directory=directory: [
+                start_stream(settings, directory, two_topic, group, arguments, watch_assignment=True)
+                for _ in range(2)], TWO_PROCESS_LOAD * count,
+                ready=lambda processes: group_is_spread([process.assignment for process in processes]))
+            continue
+
         def processes(group, kind=kind, directory=directory):
             extra = ("--scores_topic", f"{group}-scores") if kind == "scores" else ()
-            return [start_stream(settings, directory, topic, group, arguments, *extra)
-                    for _ in range(2 if kind == "two" else 1)]
+            return [start_stream(settings, directory, topic, group, arguments, *extra)]
         results[case] = throughput(settings, topic, f"stream-{case}", processes, count)
     if "latency" in cases:
         basis = f"events-{arguments.latency_anomalies}"
@@ -560,6 +650,7 @@ def main(argv=None) -> None:
     if not arguments.bootstrap_servers and arguments.cases != "model":
         broker = LocalBroker().start()
         arguments.bootstrap_servers = broker.bootstrap_servers
+        BROKER_PID["pid"] = broker.process.pid
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers) if arguments.bootstrap_servers else None
     workspace = tempfile.mkdtemp(prefix="heartwatch-bench-")
     try:
@@ -614,15 +705,18 @@ def print_table(results: dict, arguments) -> None:
           f"load average {results['load_start']} at the start, {results['load_end']} at the end")
     for name, detector in results.get("detectors", {}).items():
         print(f"  detector '{name}': threshold {detector['threshold']:.6g}, flags {detector['rate']:.1%} of the load")
-    print(f"{'variant':<55} {'anomalies':>9} {'beats/s':>10} {'vs (a)':>8} {'load':>6}")
+    print(f"{'variant':<55} {'anomalies':>9} {'beats/s':>10} {'vs (a)':>8} {'load':>6}  "
+          "cores: measured / broker / machine")
     for case, label in ROWS:
         if case not in results:
             continue
         result = results[case]
         detector = results.get("detectors", {}).get(case.rsplit("-", 1)[-1])
         anomalies = f"{detector['rate']:.0%}" if detector else ""
+        cores = result.get("cores", {})
         print(f"{label:<55} {anomalies:>9} {result['rate']:>10,.0f} {result['rate'] / ceiling:>8.1%} "
-              f"{result['load']:>6}")
+              f"{result['load']:>6}  {cores.get('processes', np.nan):.2f} / {cores.get('broker', np.nan):.2f} / "
+              f"{cores.get('machine', np.nan):.2f}")
     for case, bar in BARS:
         if case in results:
             ratio = results[case]["rate"] / ceiling
