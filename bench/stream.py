@@ -3,8 +3,8 @@
 On one broker (the embedded tansu unless ``--bootstrap_servers``) and the same pre-loaded messages
 (synthetic beats, JSON by default), each variant runs as its own process in its own consumer group:
 
-(a) ceiling   bare kafka-python: poll, decode (the stream's codec), produce one small record per
-              message, flush, commit per poll
+(a) ceiling   bare loop: kafka-python poll, decode (the stream's codec), produce one small record per
+              message with the stream's output client (``--output_client``), flush, commit per poll
 (b) floor     the tutorial-style loop: per message json.loads, ``model.predict`` on one beat
               (Keras wrapping the exported SavedModel), produce an event when anomalous, commit
 (c) stream    `heartwatch stream` (events only), and again with ``--scores_topic`` (one output per
@@ -30,7 +30,7 @@ anomaly scores (about 5 % flagged: ``low``) and one below every score (every bea
 per input like (a)'s one record per input: ``all``). The rate each copy really flags on the load is
 measured and printed. Latency runs with the ``all`` copy by default (``--latency_anomalies``).
 
-    .venv/bin/pip install -e ".[broker,bench]"
+    .venv/bin/pip install -e ".[broker]"
     .venv/bin/python bench/stream.py                      # trains a small detector first (~30 s)
     .venv/bin/python bench/stream.py --quick              # shorter runs (fewer messages, one latency run)
     .venv/bin/python bench/stream.py --cases ceiling,events-all --messages 30000   # a selection
@@ -65,8 +65,8 @@ from models.common import artifacts, files  # noqa: E402
 from models.ecg.sources import DatasetSpec, load_dataset  # noqa: E402
 from streaming import codec  # noqa: E402
 from streaming.broker import LocalBroker  # noqa: E402
-from streaming.config import KafkaSettings  # noqa: E402
-from streaming.kafka_clients import ensure_topics, make_consumer, make_producer  # noqa: E402
+from streaming.config import KafkaSettings, StreamConfig  # noqa: E402
+from streaming.kafka_clients import ensure_topics, make_consumer, make_output_producer, make_producer  # noqa: E402
 from streaming.topics import DEFAULT_PARTITIONS  # noqa: E402
 
 LOAD_LINGER_MS = 20
@@ -93,6 +93,9 @@ def parse_arguments(argv=None):
     parser.add_argument("--latency_runs", type=int, default=3,
                         help="latency runs, each on fresh topics with a fresh stream (the median is reported)")
     parser.add_argument("--encoding", choices=("json", "binary"), default="json")
+    parser.add_argument("--output_client", choices=("librdkafka", "kafka-python"),
+                        default=StreamConfig.output_client,
+                        help="producer of the stream's outputs and of (a)'s, so that both send alike")
     parser.add_argument("--batch_size", type=int, default=1024)
     parser.add_argument("--batch_timeout_ms", type=int, default=10)
     parser.add_argument("--latency_rate", type=float, default=0.0,
@@ -300,7 +303,8 @@ def start_stream(settings, model_dir: str, topic: str, group: str, arguments, *e
                "--model_poll_seconds", "0", "--batch_size", str(arguments.batch_size), "--batch_timeout_ms",
                str(arguments.batch_timeout_ms), "--session_timeout_ms", "3000", "--max_poll_interval_ms", "10000",
                "--events_topic", f"{group}-events", "--dead_letter_topic", f"{group}-dead", "--alerts_topic", "",
-               "--log_format", "text", *shlex.split(arguments.stream_args), *extra]
+               "--log_format", "text", "--output_client", arguments.output_client,
+               *shlex.split(arguments.stream_args), *extra]
     if watch_assignment:
         process = subprocess.Popen(command, cwd=REPOSITORY, env=dict(ENVIRONMENT, HEARTWATCH_LOG_LEVEL="INFO"),
                                    stderr=subprocess.PIPE, text=True)
@@ -354,7 +358,7 @@ def ceiling_loop(arguments) -> None:
     stopping = stop_flag_on_sigterm()
     consumer = make_consumer(settings, arguments.topic, group_id=arguments.group, auto_offset_reset="earliest",
                              max_poll_records=1024, **GROUP_FLAGS)
-    producer = make_producer(settings)
+    producer = make_output_producer(settings, arguments.output_client)
     output_topic = f"{arguments.group}-out"
     try:
         while not stopping.is_set():
@@ -605,7 +609,7 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
         preload(settings, two_topic, TWO_PROCESS_LOAD * count, arguments.encoding)
     if "ceiling" in cases:
         results["ceiling"] = throughput(settings, topic, "ceiling", lambda group: [
-            start_role(settings, "ceiling", topic, group)], count)
+            start_role(settings, "ceiling", topic, group, "--output_client", arguments.output_client)], count)
     if "floor" in cases:
         results["floor"] = throughput(settings, topic, "floor", lambda group: [
             start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)

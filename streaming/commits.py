@@ -53,10 +53,11 @@ class InFlightBatch:
 def offsets_to_commit(records) -> dict:
     """``{TopicPartition: OffsetAndMetadata(last offset + 1)}`` for a batch of consumer records."""
     highest = {}
-    for record in records:
-        partition = TopicPartition(record.topic, record.partition)
-        highest[partition] = max(highest.get(partition, -1), record.offset)
-    return {partition: OffsetAndMetadata(offset + 1, "", -1) for partition, offset in highest.items()}
+    for record in records:  # plain tuples as keys: one TopicPartition per partition, not per record
+        key = (record.topic, record.partition)
+        if record.offset > highest.get(key, -1):
+            highest[key] = record.offset
+    return {TopicPartition(*key): OffsetAndMetadata(offset + 1, "", -1) for key, offset in highest.items()}
 
 
 def log_failed_commit(offsets, result) -> None:

@@ -191,6 +191,8 @@ class StreamConfig(KafkaSettings):
     model_poll_seconds: float = field("how often the model root is checked for a new version (0: never)",
                                       default=5.0)
     xla: str = field("compile scoring with XLA: auto (on a GPU only), on or off", default="auto")
+    output_client: str = field("producer of the stream's outputs: librdkafka (confluent-kafka, a seventh of "
+                               "kafka-python's CPU per record) or kafka-python", default="librdkafka")
     metrics_port: int = field("Prometheus metrics HTTP port (0: no endpoint)", default=9108)
     log_format: str = field("json or text log lines", default="json")
     alert_count: int = field("alert when a device has this many anomalies ...", default=5)
@@ -235,6 +237,7 @@ class StreamConfig(KafkaSettings):
             raise ValueError(f"--drift_alpha must be between 0 and 1, got {self.drift_alpha}")
         _check_choice(self, "input_encoding", ("auto", "json", "binary"))
         _check_choice(self, "xla", ("auto", "on", "off"))
+        _check_choice(self, "output_client", ("librdkafka", "kafka-python"))
         _check_choice(self, "log_format", ("json", "text"))
         _check_choice(self, "auto_offset_reset", ("earliest", "latest"))
         if self.segment_length > 140:

@@ -57,7 +57,7 @@ from streaming.kafka_clients import (
     delivery_timeouts,
     ensure_topics,
     make_consumer,
-    make_producer,
+    make_output_producer,
 )
 from streaming.monitoring import BrokerMonitor, StreamMetrics, quiet_kafka_logs, use_json_logs
 
@@ -188,8 +188,9 @@ class StreamProcessor:
                 config.alerts_topic)})
         except (KafkaError, TimeoutError) as error:
             LOGGER.warning("could not check or create the topics (%s); assuming they exist", error)
-        self.producer = make_producer(config, client_id=f"heartwatch-stream-{self.processor_id}",
-                                      **delivery_timeouts(config.send_timeout_seconds))
+        self.producer = make_output_producer(config, config.output_client,
+                                             client_id=f"heartwatch-stream-{self.processor_id}",
+                                             **delivery_timeouts(config.send_timeout_seconds))
         self.consumer = make_consumer(
             config, group_id=config.group_id, client_id=f"heartwatch-stream-{self.processor_id}",
             auto_offset_reset=config.auto_offset_reset, max_poll_records=config.batch_size,

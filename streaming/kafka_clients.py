@@ -94,6 +94,16 @@ def make_producer(settings: KafkaSettings, **overrides) -> KafkaProducer:
     return _connect(KafkaProducer, settings, _options(settings, "producer", PRODUCER_DEFAULTS, overrides))
 
 
+def make_output_producer(settings: KafkaSettings, client: str, **overrides):
+    """The stream's output producer: kafka-python's (``make_producer``) or, for ``client`` ``librdkafka``, a
+    ``streaming.librdkafka_producer.LibrdkafkaProducer`` on the same defaults, ``overrides`` and user options."""
+    if client == "kafka-python":
+        return make_producer(settings, **overrides)
+    from streaming.librdkafka_producer import LibrdkafkaProducer
+
+    return LibrdkafkaProducer(_options(settings, "producer", PRODUCER_DEFAULTS, overrides))
+
+
 def make_consumer(settings: KafkaSettings, *topics: str, **overrides) -> KafkaConsumer:
     """A consumer (auto-commit off) with ``overrides``, then the user's options."""
     return _connect(KafkaConsumer, settings, _options(settings, "consumer", CONSUMER_DEFAULTS, overrides), *topics)

@@ -220,6 +220,7 @@ class KafkaLogMemory(logging.Handler):
 
 
 KAFKA_LOG_MEMORY = KafkaLogMemory()
+KAFKA_LOGGERS = ("kafka", "librdkafka")  # kafka-python; streaming.librdkafka_producer
 
 
 def kafka_problem() -> str:
@@ -228,11 +229,13 @@ def kafka_problem() -> str:
 
 
 def quiet_kafka_logs() -> None:
-    """Keeps kafka-python's lines out of the log (remembering the last problem) unless the root logs DEBUG."""
-    kafka_logger = logging.getLogger("kafka")
+    """Keeps the Kafka clients' lines (kafka-python's and librdkafka's) out of the log, remembering the last
+    problem, unless the root logs DEBUG."""
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         return
-    kafka_logger.setLevel(logging.WARNING)
-    kafka_logger.propagate = False
-    if KAFKA_LOG_MEMORY not in kafka_logger.handlers:
-        kafka_logger.addHandler(KAFKA_LOG_MEMORY)
+    for name in KAFKA_LOGGERS:
+        kafka_logger = logging.getLogger(name)
+        kafka_logger.setLevel(logging.WARNING)
+        kafka_logger.propagate = False
+        if KAFKA_LOG_MEMORY not in kafka_logger.handlers:
+            kafka_logger.addHandler(KAFKA_LOG_MEMORY)

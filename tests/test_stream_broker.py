@@ -350,14 +350,16 @@ def test_hot_swap_under_load_refuses_a_broken_version(kafka_broker, exported_det
     assert "swapped detector version 1 -> 3" in stream.log()
 
 
-def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, exported_detector, ecg_dataset, tmp_path):
+@pytest.mark.parametrize("output_client", ["librdkafka", "kafka-python"])
+def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, exported_detector, ecg_dataset, tmp_path,
+                                                           output_client):
     names = topics("sigterm")
     create_topics(kafka_broker, PARTITIONS, *(names[kind] for kind in ("input", "events", "scores", "dead", "alerts")))
     messages = ecg_messages(ecg_dataset, 6000)
     produce(kafka_broker, names["input"], messages[:100])
     stream = StreamProcess(kafka_broker, tmp_path / "stream.log",
                            *stream_flags(names, exported_detector.version_directory, "--batch_size", "500",
-                                         "--batch_timeout_ms", "200"))
+                                         "--batch_timeout_ms", "200", "--output_client", output_client))
     scores = TopicReader(kafka_broker, names["scores"])
     try:
         wait_until(lambda: scores.poll(200) >= 100, STARTUP_SECONDS, "stream scoring")
@@ -380,3 +382,26 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(kafka_broker, exporte
         assert committed.get(partition) == max(offsets) + 1, f"partition {partition}: committed {committed}"
         assert offsets == set(range(max(offsets) + 1)), f"partition {partition} has gaps below the commit"
     assert "stopped" in stream.log()
+
+
+def test_the_librdkafka_output_producer_acknowledges_and_refuses_without_raising(kafka_broker):
+    from streaming.kafka_clients import delivery_timeouts, make_output_producer
+
+    topic = unique("librdkafka")
+    create_topics(kafka_broker, 3, topic)
+    producer = make_output_producer(settings_for(kafka_broker), "librdkafka", **delivery_timeouts(20))
+    try:
+        assert producer.partitions_for(topic) == {0, 1, 2}
+        futures = [producer.send(topic, key=b"device-%d" % index, value=b"beat %d" % index, partition=index % 3,
+                                 headers=[("content-type", b"text/plain")]) for index in range(30)]
+        oversized = producer.send(topic, value=b"x" * (8 << 20))  # above message.max.bytes (max_request_size)
+        producer.flush(timeout=20)
+        assert all(future.is_done and not future.failed() for future in futures)
+        assert oversized.is_done and oversized.failed() and "MSG_SIZE_TOO_LARGE" in str(oversized.exception)
+    finally:
+        producer.close(timeout=5)
+    records = read_topic(kafka_broker, topic, 30)
+    assert sorted(record.value for record in records) == sorted(b"beat %d" % index for index in range(30))
+    assert {(record.partition, record.key) for record in records} == {
+        (index % 3, b"device-%d" % index) for index in range(30)}
+    assert all(record.headers == [("content-type", b"text/plain")] for record in records)

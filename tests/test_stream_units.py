@@ -1,6 +1,7 @@
 """Parts of the stream that need no broker: message codec and validation, output records, config, alerts,
 adaptive thresholds, the batch handler on a real exported detector, and the hot-swap watcher."""
 
+import collections
 import json
 import logging
 import math
@@ -521,3 +522,31 @@ def test_the_handler_feeds_the_drift_watch_once_per_batch_and_emits_drift_record
     assert len(shifted) == 1 and shifted[0]["record_type"] == "error_drift" and shifted[0]["topic"] == "in"
     assert metrics_registry.get_sample_value("heartwatch_drift_alarms_total", {"topic": "in"}) == 1.0
     assert metrics_registry.get_sample_value("heartwatch_error_drift_statistic", {"topic": "in"}) > 0.5
+
+
+def test_offsets_to_commit_are_one_past_the_highest_offset_of_each_partition():
+    from kafka import TopicPartition
+
+    from streaming.commits import offsets_to_commit
+
+    Record = collections.namedtuple("Record", "topic partition offset")
+    records = [Record("beats", 1, 7), Record("beats", 0, 3), Record("beats", 1, 9), Record("beats", 1, 8),
+               Record("other", 1, 0)]
+    offsets = offsets_to_commit(records)
+    assert {partition: meta.offset for partition, meta in offsets.items()} == {
+        TopicPartition("beats", 1): 10, TopicPartition("beats", 0): 4, TopicPartition("other", 1): 1}
+    assert offsets_to_commit([]) == {}
+
+
+def test_librdkafka_config_translates_kafka_python_producer_options():
+    from streaming.librdkafka_producer import librdkafka_config
+
+    config = librdkafka_config({"bootstrap_servers": ["a:9092", "b:9093"], "acks": "all", "linger_ms": 5,
+                                "max_request_size": 4 << 20, "security_protocol": "SSL", "ssl_cafile": "/ca.pem",
+                                "ssl_check_hostname": False, "bootstrap_timeout_ms": 10000, "max_block_ms": 5,
+                                "client_id": None})
+    assert config == {"bootstrap.servers": "a:9092,b:9093", "acks": "all", "linger.ms": 5,
+                      "message.max.bytes": 4 << 20, "security.protocol": "SSL", "ssl.ca.location": "/ca.pem",
+                      "ssl.endpoint.identification.algorithm": "none"}
+    with pytest.raises(ValueError, match="--kafka_option partitioner: no librdkafka equivalent.*kafka-python"):
+        librdkafka_config({"partitioner": object()})
