@@ -12,7 +12,7 @@ heartwatch_dead_lettered_total{reason}      counter    messages sent to the dead
 heartwatch_alerts_total                     counter    anomaly-burst alerts emitted
 heartwatch_batch_size                       histogram  messages per micro-batch
 heartwatch_scoring_seconds                  histogram  detector call time per batch
-heartwatch_end_to_end_seconds               histogram  input record timestamp -> output acknowledged
+heartwatch_end_to_end_seconds               histogram  input record timestamp -> its output sent (per record)
 heartwatch_consumer_lag{topic,partition}    gauge      high watermark minus position
 heartwatch_model_version                    gauge      serving model version number
 heartwatch_model_swaps_total                counter    hot swaps performed
@@ -42,7 +42,10 @@ import socket
 import threading
 import time
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,6 +54,47 @@ BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 BROKER_CHECK_SECONDS = 0.5
 PROBLEM_LENGTH = 200
 IGNORED_KAFKA_LOGGERS = ("kafka.net.selector",)  # its slow-task warnings say nothing about the broker
+
+
+class BatchHistogram:
+    """A Prometheus histogram that takes a whole batch of observations at once (one value per record).
+
+    ``prometheus_client.Histogram.observe`` takes a lock and walks the buckets for every value: about
+    3 µs a record in the stream's profile (5 % of its time at 11,000 beats/s). ``observe_many`` counts
+    a batch with one ``searchsorted`` and ``bincount``; scrapes see the same ``_bucket``/``_count``/
+    ``_sum`` series as the plain histogram's.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets, registry: CollectorRegistry):
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.array(sorted(float(bound) for bound in buckets if bound != float("inf")))
+        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # the last: above every bound
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values) -> None:
+        """Adds every value of ``values`` (seconds, or whatever the histogram measures)."""
+        values = np.asarray(values, dtype=np.float64)
+        if not values.size:
+            return
+        counts = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self._counts))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def describe(self):
+        """The family without samples (for the registry's name checks)."""
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        """The cumulative buckets, the count and the sum, as a scrape shows them."""
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        labels = [floatToGoString(bound) for bound in self.bounds] + ["+Inf"]
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=list(zip(labels, cumulative)),
+                                      sum_value=total)]
 
 
 class StreamMetrics:
@@ -70,9 +114,9 @@ class StreamMetrics:
                                     registry=registry)
         self.scoring_seconds = Histogram("heartwatch_scoring_seconds", "detector call time per batch",
                                          buckets=LATENCY_BUCKETS, registry=registry)
-        self.end_to_end_seconds = Histogram("heartwatch_end_to_end_seconds",
-                                            "input record timestamp to output acknowledged",
-                                            buckets=LATENCY_BUCKETS, registry=registry)
+        self.end_to_end_seconds = BatchHistogram("heartwatch_end_to_end_seconds",
+                                                 "input record timestamp to its output sent", LATENCY_BUCKETS,
+                                                 registry)
         self.consumer_lag = Gauge("heartwatch_consumer_lag", "high watermark minus position",
                                   ["topic", "partition"], registry=registry)
         self.model_version = Gauge("heartwatch_model_version", "serving model version number", registry=registry)

@@ -550,3 +550,27 @@ def test_librdkafka_config_translates_kafka_python_producer_options():
                       "ssl.endpoint.identification.algorithm": "none"}
     with pytest.raises(ValueError, match="--kafka_option partitioner: no librdkafka equivalent.*kafka-python"):
         librdkafka_config({"partitioner": object()})
+
+
+def test_a_batch_histogram_scrapes_like_prometheus_clients_histogram():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from streaming.monitoring import LATENCY_BUCKETS, BatchHistogram
+
+    values = np.concatenate([np.random.default_rng(3).exponential(0.2, 500), LATENCY_BUCKETS[:4], [0.0, 50.0]])
+    batched_registry, plain_registry = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("latency_seconds", "help", LATENCY_BUCKETS, batched_registry)
+    plain = Histogram("latency_seconds", "help", buckets=LATENCY_BUCKETS, registry=plain_registry)
+    batched.observe_many(values[:300])
+    batched.observe_many(values[300:])
+    batched.observe_many([])
+    for value in values:
+        plain.observe(value)
+
+    def series(registry, suffix):
+        lines = generate_latest(registry).decode().splitlines()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in lines if line.startswith(f"latency_seconds_{suffix}")}
+    for suffix in ("bucket", "count"):
+        assert series(batched_registry, suffix) == series(plain_registry, suffix)
+    assert series(batched_registry, "sum")["latency_seconds_sum"] == pytest.approx(values.sum())
