@@ -6,18 +6,21 @@ For each seed the beats are split exactly as `heartwatch train` splits them (``p
 own preset settings on the min-max-scaled training normals (statistics over training normals, as the
 pipeline's TFT graph computes them) with early stopping on the validation normals
 (``models.training.fit.train_autoencoder``, the one fit loop). Each model is scored by its own
-``anomaly_score`` (``Autoencoder.scores``, what the exported detector serves: the reconstruction
-error, the VAE's negative ELBO for ``vae_elbo``, the normalised member scores for the ensemble).
-The threshold is calibrated with ``max_f1`` on the whole validation split, as the pipeline does;
-validation ROC-AUC (what the pipeline selects by), test ROC-AUC, accuracy and F1 are measured with
-anomaly as the positive class. Prints a Markdown table of means (± standard deviation) over the
-splits, with the training time per split and the parameter count.
+``anomaly_score`` (``Autoencoder.scores``, what the exported detector serves) on ``--score_error``,
+which defaults to `heartwatch train`'s default (``TrainConfig().score_error``: ``window``, the worst
+mean absolute error over 30 consecutive samples): that error itself, the VAE's negative ELBO on it
+for ``vae_elbo``, the normalised member scores for the ensemble. The threshold is calibrated with
+``max_f1`` on the whole validation split, as the pipeline does; validation ROC-AUC (what the
+pipeline selects by), test ROC-AUC, accuracy and F1 are measured with anomaly as the positive
+class. Prints a Markdown table of means (± standard deviation) over the splits, with the training
+time per split, the epochs run and the parameter count.
 
     python bench/models.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 5
 
-``--models`` picks rows by preset name (default: all but ``tutorial``), ``--seeds`` runs chosen
-seeds (``0-4``, ``3,7``), ``--epochs`` caps every row's epochs, ``--output`` rewrites the per-split
-rows as JSON after every row, ``--merge`` prints the table of such files.
+``--models`` picks rows by preset name (default: all but ``tutorial``; with ``--merge``: every
+preset in the files), ``--seeds`` runs chosen seeds (``0-4``, ``3,7``), ``--epochs`` caps every
+row's epochs, ``--output`` rewrites the per-split rows as JSON after every row, ``--merge`` prints
+the table of such files.
 """
 
 import argparse
@@ -83,6 +86,14 @@ def summary(rows: list[dict], key: str, digits: int = 4) -> str:
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f}"
 
 
+def describe(model: str, parameters: dict) -> str:
+    """```model` `{parameters}``` for the table; an ensemble as its members, each described so."""
+    members = parameters.get("members")
+    if members:
+        return f"`{model}` of " + ", ".join(describe(item["model"], item.get("parameters", {})) for item in members)
+    return f"`{model}`" + (f" `{json.dumps(parameters)}`" if parameters else "")
+
+
 def table(rows: list[dict], names: list[str]) -> str:
     """Markdown table of means ± standard deviations per candidate, in ``names`` order."""
     lines = ["| candidate | registry name (parameters) | validation ROC-AUC | test ROC-AUC | test accuracy | test F1 | "
@@ -92,8 +103,7 @@ def table(rows: list[dict], names: list[str]) -> str:
         if not own:
             continue
         first = own[0]
-        parameters = f" `{json.dumps(first['parameters_set'])}`" if first["parameters_set"] else ""
-        described = f"`{first['model']}`" + parameters
+        described = describe(first["model"], first["parameters_set"])
         seconds = np.mean([row["seconds"] for row in own])
         epochs = np.mean([row["epochs_run"] for row in own])
         lines.append(f"| {name} | {described} | {summary(own, 'validation_roc_auc')} | {summary(own, 'roc_auc')} | "
@@ -107,7 +117,8 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--splits", type=int, default=5, help="seeds 0 .. splits-1")
     parser.add_argument("--seeds", default=None, help="seeds to run instead, e.g. 0-4 or 3,7")
-    parser.add_argument("--models", default=",".join(DEFAULT_ROWS), help="comma-separated preset names")
+    parser.add_argument("--models", default=None, help="comma-separated preset names (default: all but tutorial; "
+                        "with --merge: every preset in the files)")
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
     parser.add_argument("--score_error", default=TrainConfig().score_error, choices=SCORE_ERRORS,
                         help="what scores are built on, as `heartwatch train --score_error` (default: its default)")
@@ -115,7 +126,8 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these --output files")
     arguments = parser.parse_args()
 
-    chosen = [name.strip() for name in arguments.models.split(",") if name.strip()]
+    requested = arguments.models or ("" if arguments.merge else ",".join(DEFAULT_ROWS))
+    chosen = [name.strip() for name in requested.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(CANDIDATES))
     if unknown:
         parser.error(f"unknown rows {unknown}; presets: {', '.join(CANDIDATES)}")
@@ -124,7 +136,13 @@ def main() -> None:
         for path in arguments.merge:
             with open(path) as handle:
                 rows += json.load(handle)
-        print(table(rows, [name for name in chosen if any(row["name"] == name for row in rows)]))
+        present = [name for name in CANDIDATES if any(row["name"] == name for row in rows)]
+        score_errors = sorted({row.get("score_error", "unrecorded") for row in rows})
+        if len(score_errors) > 1:
+            parser.error(f"the files mix score errors {score_errors}; merge runs of one --score_error")
+        seeds = sorted({row["seed"] for row in rows})
+        print(f"score error {score_errors[0]}; seeds {seeds}")
+        print(table(rows, [name for name in chosen or present if name in present]))
         return
     candidates = [CANDIDATES[name] for name in chosen]
     if arguments.epochs:
@@ -135,14 +153,16 @@ def main() -> None:
 
     dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
     seeds = seed_list(arguments.seeds, arguments.splits)
-    print(f"{len(dataset)} beats from {arguments.data}; seeds {seeds}; rows: {', '.join(chosen)}", flush=True)
+    print(f"{len(dataset)} beats from {arguments.data}; seeds {seeds}; score error {arguments.score_error}; "
+          f"rows: {', '.join(chosen)}", flush=True)
     rows = []
     started = time.perf_counter()
     for seed in seeds:
         arrays = split_arrays(dataset, seed)
         for candidate in candidates:
             row = {"seed": seed, "name": candidate.name, "model": candidate.model,
-                   "parameters_set": candidate.parameters, **evaluate(candidate, arrays, seed, arguments.score_error)}
+                   "parameters_set": candidate.parameters, "score_error": arguments.score_error,
+                   **evaluate(candidate, arrays, seed, arguments.score_error)}
             rows.append(row)
             print(f"seed {seed} {candidate.name:<12} validation roc_auc {row['validation_roc_auc']:.4f} test roc_auc "
                   f"{row['roc_auc']:.4f} accuracy {row['accuracy']:.4f} f1 {row['f1']:.4f} {row['seconds']:.1f} s "
