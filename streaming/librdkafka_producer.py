@@ -177,8 +177,9 @@ class LibrdkafkaProducer:
         return partitions
 
     def close(self, timeout: float | None = None) -> None:
-        """Flushes for at most ``timeout`` s, then drops what is left (it was never acknowledged, so never
-        committed either) so that closing cannot hang on a lost broker."""
-        self._producer.flush(0 if timeout is None else timeout)
+        """Flushes for at most ``timeout`` s (None: until done, as kafka-python's close), then drops what is
+        left (it was never acknowledged, so never committed either) so that closing cannot hang on a lost
+        broker."""
+        self._producer.flush(-1 if timeout is None else timeout)
         self._producer.purge()
         self._producer.poll(0)
