@@ -72,15 +72,16 @@ def rebuild_model(best: dict):
     return model
 
 
-def mean_score(model, batches, score_error: str) -> float:
-    """The mean ``anomaly_score`` (on ``score_error``) of ``model`` over input ``batches`` (streamed)."""
-    total, count = 0.0, 0
+def mean_scores(models: list, batches, score_error: str) -> list[float]:
+    """The mean ``anomaly_score`` (on ``score_error``) of each of ``models`` over input ``batches``, streamed once."""
+    totals, count = [0.0] * len(models), 0
     for inputs in batches:
-        scores = np.asarray(model.anomaly_score(inputs, score_error), np.float64)
-        total, count = total + float(scores.sum()), count + len(scores)
+        for index, model in enumerate(models):
+            totals[index] += float(np.asarray(model.anomaly_score(inputs, score_error), np.float64).sum())
+        count += len(inputs)
     if not count:
         raise ValueError("no beats to take a mean score over")
-    return total / count
+    return [total / count for total in totals]
 
 
 def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, work_directory: str,
@@ -106,11 +107,9 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
     path = weights_path(work_directory, f"{candidate.name}.refit")
     result.model.save_weights(path)
 
-    def reference_batches():
-        return (inputs for inputs, _ in training_dataset(train_files, transform, train_beats, REFERENCE_BATCH))
-
-    first_mean = mean_score(rebuild_model(best), reference_batches(), config.score_error)
-    refit_mean = mean_score(result.model, reference_batches(), config.score_error)
+    reference_batches = (inputs for inputs, _ in training_dataset(train_files, transform, train_beats,
+                                                                   REFERENCE_BATCH))
+    first_mean, refit_mean = mean_scores([rebuild_model(best), result.model], reference_batches, config.score_error)
     value = thresholds.transfer_threshold(threshold.value, first_mean, refit_mean)
     LOGGER.info("refit %s on %d train + validation normals for %d epochs in %.1f s; threshold %.6f -> %.6f",
                 candidate.name, train_beats + validation_beats, epochs, result.seconds, threshold.value, value)
@@ -120,7 +119,7 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
              "threshold": {"first_fit_value": threshold.value, "first_fit_mean_train_score": first_mean,
                            "refit_mean_train_score": refit_mean,
                            "rule": "first fit's validation threshold x refit / first-fit mean score on the "
-                                   "train split's normals"}}
+                                   "train split's normals (the drift reference's quantiles likewise)"}}
     transferred = thresholds.Threshold(value, threshold.method, {**threshold.parameters, "transferred_to_refit": True})
     return {**best, "weights_path": path, "refit": refit}, transferred
 
@@ -174,16 +173,30 @@ def data_summary(split_counts: dict, class_split_counts: list, bad_row_count: in
             "rows_by_split_and_class": by_class, "files": len(digests)}
 
 
-def write_drift_reference(version_directory: str, validation_summary) -> None:
+def write_drift_reference(version_directory: str, validation_summary, scale: float = 1.0) -> None:
     """Stores the quantiles of the validation normals' scores beside the detector: the stream's drift watch
-    compares live scores with them (``models.detection.drift``). Skipped, with a log line, without normals."""
+    compares live scores with them (``models.detection.drift``). Skipped, with a log line, without normals.
+
+    ``scale`` multiplies them: a refitted detector scores on its own scale, and its reference is the
+    first fit's validation quantiles carried over by the same ratio as its threshold (``refit_best``).
+    """
     from models.detection import drift
     from models.ecg import NORMAL
 
     if validation_summary.count(NORMAL) == 0:
         LOGGER.warning("no labelled normal validation beats: the detector gets no drift reference")
         return
-    drift.write_reference(version_directory, drift.reference_from_summary(validation_summary))
+    reference = drift.reference_from_summary(validation_summary)
+    drift.write_reference(version_directory, dataclasses.replace(reference, quantiles=reference.quantiles * scale))
+
+
+def score_scale(best: dict) -> float:
+    """How the exported model's scores compare with the first fit's: the refit's ratio, or 1 without one."""
+    refit = best.get("refit") or {}
+    if not refit.get("enabled"):
+        return 1.0
+    moved = refit["threshold"]
+    return moved["refit_mean_train_score"] / moved["first_fit_mean_train_score"]
 
 
 class ExportDetector(beam.DoFn):
@@ -212,7 +225,7 @@ class ExportDetector(beam.DoFn):
                                          validation_files, train_beats, validation_beats)
         detector = DetectorModule(transform, rebuild_model(best), threshold.value, score_error=self.config.score_error)
         detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
-        write_drift_reference(self.staging_directory, best["validation_summary"])
+        write_drift_reference(self.staging_directory, best["validation_summary"], score_scale(best))
         artifacts.write_card(self.staging_directory, {"name": "heartwatch ECG detector (being evaluated)",
                                                       "threshold": threshold.to_dict()})
         yield {**{key: value for key, value in best.items() if key != "validation_summary"},

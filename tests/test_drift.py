@@ -141,3 +141,21 @@ def test_stream_drift_watch_sets_metrics_and_builds_records():
     older = types.SimpleNamespace(version="8", threshold=threshold, directory="ram://drift-test/no-reference")
     assert watch.observe_batch(older, ["beats"] * 5000, {"anomaly_score": np.full(5000, 9.0)}) == []
     assert watch.monitors == {}
+
+
+def test_the_exported_drift_reference_is_the_validation_quantiles_times_the_score_scale(tmp_path):
+    from pipeline.export import score_scale, write_drift_reference
+
+    labels = np.array([0] * 300 + [1] * 20)
+    errors = np.random.default_rng(9).gamma(2.0, 0.01, labels.size)
+    summary = summaries.ScoreSummary.from_arrays(labels, errors)
+    plain, scaled = tmp_path / "plain", tmp_path / "scaled"
+    write_drift_reference(str(plain), summary)
+    refit = {"enabled": True, "threshold": {"first_fit_mean_train_score": 0.04, "refit_mean_train_score": 0.03}}
+    assert score_scale({"refit": refit}) == pytest.approx(0.75)
+    assert score_scale({"refit": {"enabled": False}}) == score_scale({}) == 1.0
+    write_drift_reference(str(scaled), summary, score_scale({"refit": refit}))
+    first, moved = drift.read_reference(str(plain)), drift.read_reference(str(scaled))
+    np.testing.assert_allclose(first.quantiles, drift.reference_from_summary(summary).quantiles)
+    np.testing.assert_allclose(moved.quantiles, 0.75 * first.quantiles)
+    assert moved.source_count == first.source_count == 300
