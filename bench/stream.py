@@ -4,7 +4,8 @@ On one broker (the embedded tansu unless ``--bootstrap_servers``) and the same p
 (synthetic beats, JSON by default), each variant runs as its own process in its own consumer group:
 
 (a) ceiling   bare loop: kafka-python poll, decode (the stream's codec), produce one small record per
-              message with the stream's output client (``--output_client``), flush, commit per poll
+              message with the stream's output client (``--output_client``), flush, commit per poll; with
+              the stream's allocator setting (``--retain_freed_mb``, ``streaming.allocator``)
 (b) floor     the tutorial-style loop: per message json.loads, ``model.predict`` on one beat
               (Keras wrapping the exported SavedModel), produce an event when anomalous, commit
 (c) stream    `heartwatch stream` (events only), and again with ``--scores_topic`` (one output per
@@ -37,8 +38,10 @@ measured and printed. Latency runs with the ``all`` copy by default (``--latency
     .venv/bin/python bench/stream.py --model_dir artifacts/ecg --latency_rate 7000   # latency only
     .venv/bin/python bench/stream.py --cases ceiling,events-all --profile_dir /tmp/profiles   # py-spy each stream
 
-Cases (``--cases``, default all): ``ceiling``, ``floor``, ``events-low``, ``events-all``, ``scores-low``,
-``scores-all``, ``two-all`` (two processes, one group), ``latency``, ``model``.
+Cases (``--cases``, default all): ``ceiling``, ``ceiling-kafka-python`` and ``ceiling-default-allocator``
+(unbarred rows: (a) with kafka-python's producer, and with glibc's allocator defaults), ``floor``,
+``events-low``, ``events-all``, ``scores-low``, ``scores-all``, ``two-all`` (two processes, one group),
+``latency``, ``model``.
 """
 
 import argparse
@@ -64,6 +67,7 @@ from kafka import TopicPartition  # noqa: E402
 from models.common import artifacts, files  # noqa: E402
 from models.ecg.sources import DatasetSpec, load_dataset  # noqa: E402
 from streaming import codec  # noqa: E402
+from streaming.allocator import retain_freed_memory  # noqa: E402
 from streaming.broker import LocalBroker  # noqa: E402
 from streaming.config import KafkaSettings, StreamConfig  # noqa: E402
 from streaming.kafka_clients import ensure_topics, make_consumer, make_output_producer, make_producer  # noqa: E402
@@ -74,7 +78,9 @@ TICK_SECONDS = 0.001
 GROUP_FLAGS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 750, "max_poll_interval_ms": 10000}
 ENVIRONMENT = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPOSITORY, os.environ.get("PYTHONPATH")])),
                    TF_CPP_MIN_LOG_LEVEL="2", HEARTWATCH_LOG_LEVEL="WARNING")
-CASES = ("ceiling", "floor", "events-low", "events-all", "scores-low", "scores-all", "two-all", "latency", "model")
+CEILING_CASES = ("ceiling", "ceiling-kafka-python", "ceiling-default-allocator")
+STREAM_CASES = ("events-low", "events-all", "scores-low", "scores-all", "two-all")
+CASES = (*CEILING_CASES, "floor", *STREAM_CASES, "latency", "model")
 LOW_ANOMALY_RATE = 0.05
 BROKER_PID: dict = {}  # {"pid": the embedded broker's process id} while this script runs one
 TWO_PROCESS_LOAD = 2  # times --messages in the two-process case's topic: its rate is measured after the join
@@ -96,6 +102,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--output_client", choices=("librdkafka", "kafka-python"),
                         default=StreamConfig.output_client,
                         help="producer of the stream's outputs and of (a)'s, so that both send alike")
+    parser.add_argument("--retain_freed_mb", type=int, default=StreamConfig.retain_freed_mb,
+                        help="the stream's allocator setting (streaming.allocator), given to (a) and every stream")
     parser.add_argument("--batch_size", type=int, default=1024)
     parser.add_argument("--batch_timeout_ms", type=int, default=10)
     parser.add_argument("--latency_rate", type=float, default=0.0,
@@ -305,6 +313,7 @@ def start_stream(settings, model_dir: str, topic: str, group: str, arguments, *e
                str(arguments.batch_timeout_ms), "--session_timeout_ms", "3000", "--max_poll_interval_ms", "10000",
                "--events_topic", f"{group}-events", "--dead_letter_topic", f"{group}-dead", "--alerts_topic", "",
                "--log_format", "text", "--output_client", arguments.output_client,
+               "--retain_freed_mb", str(arguments.retain_freed_mb),
                *shlex.split(arguments.stream_args), *extra]
     if watch_assignment:
         process = subprocess.Popen(command, cwd=REPOSITORY, env=dict(ENVIRONMENT, HEARTWATCH_LOG_LEVEL="INFO"),
@@ -357,6 +366,7 @@ def ceiling_loop(arguments) -> None:
     """(a): poll, decode, produce one small record per message, flush, commit; until SIGTERM."""
     settings = KafkaSettings(bootstrap_servers=arguments.bootstrap_servers)
     stopping = stop_flag_on_sigterm()
+    retain_freed_memory(arguments.retain_freed_mb)
     consumer = make_consumer(settings, arguments.topic, group_id=arguments.group, auto_offset_reset="earliest",
                              max_poll_records=1024, **GROUP_FLAGS)
     producer = make_output_producer(settings, arguments.output_client)
@@ -590,7 +600,7 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
     model_dir = arguments.model_dir or train_detector(files.join(workspace, "model"))
     count = arguments.messages
     results = {"load_start": load_average()}
-    if any(case in cases for case in CASES[2:8]):
+    if any(case in cases for case in (*STREAM_CASES, "latency")):
         beats = load_beats(count)
         results["detectors"] = {name: detector_at_rate(model_dir, beats, rate, files.join(workspace, name))
                                 for name, rate in (("low", LOW_ANOMALY_RATE), ("all", 1.0))}
@@ -599,7 +609,7 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
                                           arguments.latency_rate, arguments)
         return results
     topic = f"bench-in-{int(time.time())}"
-    if any(case in cases for case in CASES[:7]):
+    if any(case in cases for case in (*CEILING_CASES, "floor", *STREAM_CASES)):
         print(f"pre-loading {count:,} {arguments.encoding} messages into {topic} "
               f"({DEFAULT_PARTITIONS} partitions)...", flush=True)
         preload(settings, topic, count, arguments.encoding)
@@ -608,12 +618,14 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
         print(f"pre-loading {TWO_PROCESS_LOAD * count:,} messages into {two_topic} for the two processes "
               "(the first consumes alone until the second joins)...", flush=True)
         preload(settings, two_topic, TWO_PROCESS_LOAD * count, arguments.encoding)
-    if "ceiling" in cases:
-        results["ceiling"] = throughput(settings, topic, "ceiling", lambda group: [
-            start_role(settings, "ceiling", topic, group, "--output_client", arguments.output_client)], count)
-        if arguments.output_client != "kafka-python":  # the reference of earlier rounds, for the absolute gain
-            results["ceiling-kafka-python"] = throughput(settings, topic, "ceiling-kafka-python", lambda group: [
-                start_role(settings, "ceiling", topic, group, "--output_client", "kafka-python")], count)
+    variants = {"ceiling": (arguments.output_client, arguments.retain_freed_mb),
+                "ceiling-kafka-python": ("kafka-python", arguments.retain_freed_mb),  # earlier rounds' reference
+                "ceiling-default-allocator": (arguments.output_client, 0)}  # what the allocator setting is worth
+    for case, (client, retained) in variants.items():
+        if case in cases and (case == "ceiling" or (client, retained) != variants["ceiling"]):
+            results[case] = throughput(settings, topic, case, lambda group, client=client, retained=retained: [
+                start_role(settings, "ceiling", topic, group, "--output_client", client,
+                           "--retain_freed_mb", str(retained))], count)
     if "floor" in cases:
         results["floor"] = throughput(settings, topic, "floor", lambda group: [
             start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)
@@ -697,6 +709,7 @@ def print_latency(runs: list, label: str) -> None:
 
 ROWS = (("ceiling", "(a) ceiling: bare consume+decode+produce+commit"),
         ("ceiling-kafka-python", "(a) the same with kafka-python's producer (not a bar)"),
+        ("ceiling-default-allocator", "(a) the same, glibc's allocator defaults (not a bar)"),
         ("floor", "(b) floor: tutorial loop, model.predict per message"),
         ("events-low", "(c) stream, events only, low anomaly rate"),
         ("events-all", "(c) stream, events only, every beat anomalous"),

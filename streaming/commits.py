@@ -1,9 +1,9 @@
 """Commit bookkeeping of the stream: a batch's offsets are committed only after its output is acknowledged.
 
 ``CommitTracker`` holds the processed batches whose output the broker has not acknowledged yet, in
-order, each with the offsets it would commit and the send futures of everything it emitted.
+order, each with the offsets it would commit and the delivery of everything it emitted.
 ``commit_acknowledged`` commits (asynchronously, batch by batch in order) every leading batch whose
-futures all succeeded; a failed send raises ``DeliveryError`` and neither that batch nor any later
+records were all acknowledged; a failed send raises ``DeliveryError`` and neither that batch nor any later
 one is committed. ``commit_positions`` commits every processed position synchronously (shutdown),
 ``release`` hands back the positions of revoked partitions so the rebalance listener commits them
 before the partitions go.
@@ -33,21 +33,12 @@ class DeliveryError(RuntimeError):
 class InFlightBatch:
     """A processed batch whose output the broker has not acknowledged yet: its offsets wait.
 
-    ``done`` counts the leading futures already seen complete, so each future is looked at until it
-    completes and never again (the loop asks after every poll).
+    ``delivery`` is the outcome of everything the batch emitted (``streaming.kafka_clients.send_many``):
+    ``is_done`` once each record was acknowledged or refused, ``errors`` the refusals, ``count`` the records.
     """
 
     offsets: dict
-    futures: list
-    done: int = 0
-
-    def is_done(self) -> bool:
-        """True once every future of the batch completed (successfully or not)."""
-        futures, done = self.futures, self.done
-        while done < len(futures) and futures[done].is_done:
-            done += 1
-        self.done = done
-        return done == len(futures)
+    delivery: object
 
 
 def offsets_to_commit(records) -> dict:
@@ -83,9 +74,9 @@ class CommitTracker:
         """How many batches wait for their acknowledgement."""
         return len(self.in_flight)
 
-    def add(self, records, futures: list) -> None:
-        """Queues a processed batch: its offsets are committed once every future in ``futures`` succeeded."""
-        self.in_flight.append(InFlightBatch(offsets_to_commit(records), futures))
+    def add(self, records, delivery) -> None:
+        """Queues a processed batch: its offsets are committed once every record of ``delivery`` succeeded."""
+        self.in_flight.append(InFlightBatch(offsets_to_commit(records), delivery))
 
     def commit_acknowledged(self, wait: bool = False) -> None:
         """Commits, in order, the offsets of every leading batch whose output the broker acknowledged.
@@ -98,11 +89,11 @@ class CommitTracker:
         if wait and self.in_flight:
             self.producer.flush(timeout=self.send_timeout_seconds)
         offsets = {}
-        while self.in_flight and self.in_flight[0].is_done():
+        while self.in_flight and self.in_flight[0].delivery.is_done:
             batch = self.in_flight[0]
-            failures = [future.exception for future in batch.futures if future.failed()]
+            failures = batch.delivery.errors
             if failures:
-                raise DeliveryError(f"{len(failures)} of {len(batch.futures)} output records were not "
+                raise DeliveryError(f"{len(failures)} of {batch.delivery.count} output records were not "
                                     f"acknowledged (first: {failures[0]!r}); offsets not committed")
             offsets.update(batch.offsets)
             self.in_flight.popleft()

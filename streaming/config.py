@@ -193,6 +193,8 @@ class StreamConfig(KafkaSettings):
     xla: str = field("compile scoring with XLA: auto (on a GPU only), on or off", default="auto")
     output_client: str = field("producer of the stream's outputs: librdkafka (confluent-kafka, a seventh of "
                                "kafka-python's CPU per record) or kafka-python", default="librdkafka")
+    retain_freed_mb: int = field("freed memory (MiB) the process keeps for its next batches instead of handing it "
+                                 "back to the OS (0: the C library's defaults; docs/streaming.md)", default=64)
     metrics_port: int = field("Prometheus metrics HTTP port (0: no endpoint)", default=9108)
     log_format: str = field("json or text log lines", default="json")
     alert_count: int = field("alert when a device has this many anomalies ...", default=5)
@@ -232,7 +234,7 @@ class StreamConfig(KafkaSettings):
                         "worst_segments", "segment_length", "alert_count", "alert_window_seconds",
                         "adaptive_min_beats", "adaptive_sigma", "session_timeout_ms", "max_poll_interval_ms",
                         "send_timeout_seconds", "broker_lost_seconds")
-        _check_non_negative(self, "model_poll_seconds", "metrics_port", "drift_window")
+        _check_non_negative(self, "model_poll_seconds", "metrics_port", "drift_window", "retain_freed_mb")
         if not 0 < self.drift_alpha < 1:
             raise ValueError(f"--drift_alpha must be between 0 and 1, got {self.drift_alpha}")
         _check_choice(self, "input_encoding", ("auto", "json", "binary"))

@@ -46,6 +46,7 @@ from models.common.flags import parse_flags
 from models.detection.detector import Detector, is_model_root, load_detector
 from streaming import topics
 from streaming.alerts import WebhookSender
+from streaming.allocator import retain_freed_memory
 from streaming.commits import CommitTracker, DeliveryError, log_failed_commit
 from streaming.config import StreamConfig
 from streaming.drift import DriftWatch
@@ -59,6 +60,7 @@ from streaming.kafka_clients import (
     ensure_topics,
     make_consumer,
     make_output_producer,
+    send_many,
 )
 from streaming.monitoring import BrokerMonitor, StreamMetrics, quiet_kafka_logs, use_json_logs
 
@@ -211,6 +213,7 @@ class StreamProcessor:
                                         on_refused=lambda version: self.metrics.model_refusals.inc()).start()
         if config.alert_webhook_url:
             self.webhook = WebhookSender(config.alert_webhook_url)
+        retain_freed_memory(config.retain_freed_mb)
         gc.freeze()  # TensorFlow leaves ~10^6 long-lived objects: keep them out of the collector's full passes
         LOGGER.info("stream %s: group %s reading %s, scoring on %s with detector version %s (xla %s), "
                     "batches of %d or %d ms", self.processor_id, config.group_id, config.input_topic,
@@ -296,17 +299,17 @@ class StreamProcessor:
             if len(self.commits) > MAX_BATCHES_IN_FLIGHT:
                 self.commits.commit_acknowledged(wait=True)
 
-    def _send(self, output: BatchOutput) -> list:
-        """Sends the batch's output records; returns their send futures. Alerts also go to the webhook."""
+    def _send(self, output: BatchOutput):
+        """Sends the batch's output records; returns their delivery. Alerts also go to the webhook."""
         counts = self.partitions.counts(record.topic for record in output.records)
-        futures = [self.producer.send(record.topic, key=record.key, value=record.value, headers=record.headers,
-                                      partition=self.partitions.partition(record.topic, record.key,
-                                                                          counts[record.topic]))
-                   for record in output.records]
+        partition = self.partitions.partition
+        delivery = send_many(self.producer, [
+            (record.topic, record.key, record.value, record.headers,
+             partition(record.topic, record.key, counts[record.topic])) for record in output.records])
         if self.webhook is not None:
             for alert in output.alerts:
                 self.webhook.submit(alert)
-        return futures
+        return delivery
 
     def _finish_batches(self) -> None:
         """Handles the open batch and commits every batch once the broker acknowledged all their output."""

@@ -43,11 +43,11 @@ def event_id(topic: str, partition: int, offset: int) -> str:
 
     Exactly ``str(uuid.uuid5(EVENT_NAMESPACE, f"{topic}/{partition}/{offset}"))``, computed from a
     SHA-1 state that already holds the namespace and ``topic/partition/`` (one per partition), so a
-    message costs one short hash update instead of building a ``uuid.UUID``.
+    message costs one short hash update and a slice of its hex digest instead of building a ``uuid.UUID``.
     """
     digest = _partition_digest(topic, partition).copy()
     digest.update(b"%d" % offset)
-    return _uuid5_text(digest.digest())
+    return _uuid5_text(digest.hexdigest())
 
 
 @functools.lru_cache(maxsize=4096)
@@ -55,13 +55,14 @@ def _partition_digest(topic: str, partition: int):
     return hashlib.sha1(EVENT_NAMESPACE.bytes + f"{topic}/{partition}/".encode(), usedforsecurity=False)
 
 
-def _uuid5_text(digest: bytes) -> str:
-    """The text of the version-5 UUID made from a SHA-1 digest (RFC 4122 section 4.3, as ``uuid.uuid5``)."""
-    raw = bytearray(digest[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+_VARIANT_DIGITS = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}  # RFC 4122 variant bits
+
+
+def _uuid5_text(hex_digest: str) -> str:
+    """The text of the version-5 UUID made from a SHA-1 hex digest (RFC 4122 section 4.3, as ``uuid.uuid5``):
+    the first 32 digits, with the version digit set to 5 and the variant bits of digit 16 set to 10."""
+    return (f"{hex_digest[:8]}-{hex_digest[8:12]}-5{hex_digest[13:16]}-{_VARIANT_DIGITS[hex_digest[16]]}"
+            f"{hex_digest[17:20]}-{hex_digest[20:32]}")
 
 
 def worst_segments(per_sample_errors: np.ndarray, count: int, segment_length: int) -> list[list[dict]]:

@@ -22,7 +22,8 @@ import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.future import Future
 from kafka.metrics.measurable_stat import AbstractMeasurableStat
 from kafka.net.transport import KafkaSSLTransport
 from kafka.partitioner.default import murmur2
@@ -102,6 +103,52 @@ def make_output_producer(settings: KafkaSettings, client: str, **overrides):
     from streaming.librdkafka_producer import LibrdkafkaProducer
 
     return LibrdkafkaProducer(_options(settings, "producer", PRODUCER_DEFAULTS, overrides))
+
+
+class FuturesDelivery:
+    """The outcome of a batch sent record by record with kafka-python: its futures, seen as one delivery
+    (``is_done``, ``errors``, ``count``, as ``streaming.librdkafka_producer.BatchDelivery``).
+
+    ``done`` counts the leading futures already seen complete, so each one is looked at until it
+    completes and never again (the stream asks after every poll).
+    """
+
+    def __init__(self, futures: list):
+        self.futures = futures
+        self.count = len(futures)
+        self.done = 0
+
+    @property
+    def is_done(self) -> bool:
+        """True once every future completed (successfully or not)."""
+        futures, done = self.futures, self.done
+        while done < len(futures) and futures[done].is_done:
+            done += 1
+        self.done = done
+        return done == len(futures)
+
+    @property
+    def errors(self) -> list:
+        """The exceptions of the records that were not delivered."""
+        return [future.exception for future in self.futures if future.failed()]
+
+
+def send_many(producer, records):
+    """Sends ``(topic, key, value, headers, partition)`` records in order; returns one delivery for them all.
+
+    The librdkafka output producer queues them with one shared callback (``send_many``); kafka-python's
+    sends each and its futures make the delivery (``FuturesDelivery``). Either way a record the client
+    refuses counts as failed in the delivery instead of raising.
+    """
+    if hasattr(producer, "send_many"):
+        return producer.send_many(records)
+    futures = []
+    for topic, key, value, headers, partition in records:
+        try:
+            futures.append(producer.send(topic, key=key, value=value, headers=headers, partition=partition))
+        except KafkaError as error:  # refused before queueing (e.g. above max_request_size): a failed record
+            futures.append(Future().failure(error))
+    return FuturesDelivery(futures)
 
 
 def make_consumer(settings: KafkaSettings, *topics: str, **overrides) -> KafkaConsumer:

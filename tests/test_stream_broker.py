@@ -405,3 +405,27 @@ def test_the_librdkafka_output_producer_acknowledges_and_refuses_without_raising
     assert {(record.partition, record.key) for record in records} == {
         (index % 3, b"device-%d" % index) for index in range(30)}
     assert all(record.headers == [("content-type", b"text/plain")] for record in records)
+
+
+@pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+def test_a_batch_sent_at_once_is_one_delivery_that_counts_a_refused_record(kafka_broker, client):
+    from streaming.kafka_clients import delivery_timeouts, make_output_producer, send_many
+
+    topic = unique(f"send-many-{client}")
+    create_topics(kafka_broker, 3, topic)
+    producer = make_output_producer(settings_for(kafka_broker), client, **delivery_timeouts(20))
+    records = [(topic, b"device-%d" % index, b"beat %d" % index, [("content-type", b"text/plain")], index % 3)
+               for index in range(30)]
+    try:
+        delivered = send_many(producer, records)
+        refused = send_many(producer, records[:2] + [(topic, None, b"x" * (8 << 20), None, None)])  # above max size
+        producer.flush(timeout=20)
+        assert delivered.is_done and delivered.count == 30 and delivered.errors == []
+        assert refused.is_done and refused.count == 3 and len(refused.errors) == 1
+    finally:
+        producer.close(timeout=5)
+    read = read_topic(kafka_broker, topic, 32)
+    assert sorted(record.value for record in read) == sorted([b"beat %d" % index for index in range(30)]
+                                                             + [b"beat 0", b"beat 1"])
+    assert {(record.partition, record.key) for record in read} == {(index % 3, b"device-%d" % index)
+                                                                   for index in range(30)}

@@ -5,7 +5,10 @@ import collections
 import json
 import logging
 import math
+import platform
 import struct
+import subprocess
+import sys
 import uuid
 
 import keras
@@ -23,6 +26,7 @@ from models.family import registry
 from streaming import codec, events
 from streaming.adaptive import DeviceThresholds
 from streaming.alerts import BurstDetector
+from streaming.allocator import retain_freed_memory
 from streaming.config import StreamConfig, client_options, parse_kafka_options
 from streaming.handler import BatchHandler, DeadLetterError
 from streaming.hotswap import ModelWatcher
@@ -153,6 +157,9 @@ def test_event_ids_are_deterministic_per_source_coordinates():
         expected = uuid.uuid5(events.EVENT_NAMESPACE, f"{topic}/{partition}/{offset}")
         assert events.event_id(topic, partition, offset) == str(expected)
         assert uuid.UUID(events.event_id(topic, partition, offset)).version == 5
+    identifiers = [events.event_id("in", 3, offset) for offset in range(400)]  # every variant digit occurs
+    assert identifiers == [str(uuid.uuid5(events.EVENT_NAMESPACE, f"in/3/{offset}")) for offset in range(400)]
+    assert {identifier[19] for identifier in identifiers} == set("89ab")
 
 
 def test_worst_segments_rank_segment_means_row_by_row():
@@ -574,3 +581,41 @@ def test_a_batch_histogram_scrapes_like_prometheus_clients_histogram():
     for suffix in ("bucket", "count"):
         assert series(batched_registry, suffix) == series(plain_registry, suffix)
     assert series(batched_registry, "sum")["latency_seconds_sum"] == pytest.approx(values.sum())
+
+
+FREED_AFTER_A_BLOCK = """
+import ctypes, sys
+from streaming.allocator import retain_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+applied = retain_freed_memory(int(sys.argv[1]))
+block = bytearray(8 << 20)  # above glibc's default mmap threshold: unmapped at once when freed, by default
+del block
+print(applied, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_retained_memory_stays_in_the_heap_after_a_block_is_freed():
+    def free_bytes_after_a_block(megabytes: int) -> tuple:
+        output = subprocess.run([sys.executable, "-c", FREED_AFTER_A_BLOCK, str(megabytes)], check=True,
+                                capture_output=True, text=True).stdout.split()
+        return output[0] == "True", int(output[1])
+
+    applied, kept = free_bytes_after_a_block(64)
+    untouched, returned = free_bytes_after_a_block(0)
+    assert applied and not untouched
+    assert kept >= 8 << 20 > returned  # reused by the next batch instead of being faulted in again
+
+
+def test_retain_freed_memory_refuses_a_negative_size():
+    with pytest.raises(ValueError, match="megabytes must be >= 0"):
+        retain_freed_memory(-1)
+    with pytest.raises(ValueError, match="retain_freed_mb"):
+        StreamConfig(retain_freed_mb=-1)
