@@ -35,6 +35,7 @@ measured and printed. Latency runs with the ``all`` copy by default (``--latency
     .venv/bin/python bench/stream.py                      # trains a small detector first (~30 s)
     .venv/bin/python bench/stream.py --quick              # shorter runs (fewer messages, one latency run)
     .venv/bin/python bench/stream.py --cases ceiling,events-all --messages 30000   # a selection
+    .venv/bin/python bench/stream.py --cases ceiling,events-all,scores-all --repeats 3   # medians of 3 rounds
     .venv/bin/python bench/stream.py --model_dir artifacts/ecg --latency_rate 7000   # latency only
     .venv/bin/python bench/stream.py --cases ceiling,events-all --profile_dir /tmp/profiles   # py-spy each stream
 
@@ -111,6 +112,9 @@ def parse_arguments(argv=None):
     parser.add_argument("--latency_anomalies", choices=("low", "all"), default="all",
                         help="anomaly rate of the latency runs' detector (half of that case's events-only rate)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated selection of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the throughput cases, each case once a round in the same order; rates and "
+                             "ratios to the same round's (a) are reported as medians over the rounds")
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs: " + ", ".join(f"{key} {value}" for key, value in QUICK.items()))
     parser.add_argument("--model_batches", default="1024", help="comma-separated batch sizes of the model-only case")
@@ -124,6 +128,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
+    if arguments.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {arguments.repeats}")
     unknown = sorted(set(arguments.cases.split(",")) - set(CASES))
     if unknown:
         parser.error(f"unknown --cases {unknown}; choose from {', '.join(CASES)}")
@@ -595,6 +601,65 @@ def throughput(settings, topic: str, label: str, processes_factory, target: int,
         stop(processes)
 
 
+def throughput_measurements(settings, arguments, cases: list, topic: str, two_topic: str, model_dir: str,
+                            detectors: dict) -> dict:
+    """``{case: measure}`` for the selected throughput cases, in the order they run; ``measure()`` runs the
+    case once on fresh consumer groups and returns its result."""
+    count = arguments.messages
+    measurements = {}
+    variants = {"ceiling": (arguments.output_client, arguments.retain_freed_mb),
+                "ceiling-kafka-python": ("kafka-python", arguments.retain_freed_mb),  # earlier rounds' reference
+                "ceiling-default-allocator": (arguments.output_client, 0)}  # what the allocator setting is worth
+    for case, (client, retained) in variants.items():
+        if case in cases and (case == "ceiling" or (client, retained) != variants["ceiling"]):
+            measurements[case] = lambda case=case, client=client, retained=retained: throughput(
+                settings, topic, case, lambda group: [start_role(
+                    settings, "ceiling", topic, group, "--output_client", client, "--retain_freed_mb", str(retained))],
+                count)
+    if "floor" in cases:
+        measurements["floor"] = lambda: throughput(settings, topic, "floor", lambda group: [
+            start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)
+    for case in STREAM_CASES:
+        if case not in cases:
+            continue
+        kind, anomalies = case.split("-")
+        directory = detectors[anomalies]["directory"]
+        if kind == "two":  # measured once both hold partitions: the join's rebalance is not the steady rate
+            measurements[case] = lambda case=case, directory=directory: throughput(
+                settings, two_topic, f"stream-{case}", lambda group: [
+                    start_stream(settings, directory, two_topic, group, arguments, watch_assignment=True)
+                    for _ in range(2)], TWO_PROCESS_LOAD * count,
+                ready=lambda processes: group_is_spread([process.assignment for process in processes]))
+            continue
+
+        def processes(group, kind=kind, directory=directory):
+            extra = ("--scores_topic", f"{group}-scores") if kind == "scores" else ()
+            return [start_stream(settings, directory, topic, group, arguments, *extra)]
+        measurements[case] = lambda case=case, processes=processes: throughput(
+            settings, topic, f"stream-{case}", processes, count)
+    return measurements
+
+
+def repeated(measurements: dict, repeats: int) -> dict:
+    """Runs every measurement once a round for ``repeats`` rounds; per case, the run with the median rate,
+    with ``rates`` (every round's) and ``ratios`` (each round's rate over the same round's ``ceiling``)."""
+    runs = {case: [] for case in measurements}
+    for round_number in range(repeats):
+        if repeats > 1:
+            print(f"round {round_number + 1} of {repeats} (load {load_average()})", flush=True)
+        for case, measure in measurements.items():
+            runs[case].append(measure())
+    results = {}
+    for case, case_runs in runs.items():
+        rates = [run["rate"] for run in case_runs]
+        results[case] = {**sorted(case_runs, key=lambda run: run["rate"])[(len(case_runs) - 1) // 2],
+                         "rates": rates}
+        if "ceiling" in runs:
+            results[case]["ratios"] = [run["rate"] / ceiling["rate"] if ceiling["rate"] else float("nan")
+                                       for run, ceiling in zip(case_runs, runs["ceiling"])]
+    return results
+
+
 def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
     """Runs the selected throughput, latency and model-only cases on one broker; returns their results."""
     model_dir = arguments.model_dir or train_detector(files.join(workspace, "model"))
@@ -618,34 +683,9 @@ def run_cases(settings, arguments, cases: list, workspace: str) -> dict:
         print(f"pre-loading {TWO_PROCESS_LOAD * count:,} messages into {two_topic} for the two processes "
               "(the first consumes alone until the second joins)...", flush=True)
         preload(settings, two_topic, TWO_PROCESS_LOAD * count, arguments.encoding)
-    variants = {"ceiling": (arguments.output_client, arguments.retain_freed_mb),
-                "ceiling-kafka-python": ("kafka-python", arguments.retain_freed_mb),  # earlier rounds' reference
-                "ceiling-default-allocator": (arguments.output_client, 0)}  # what the allocator setting is worth
-    for case, (client, retained) in variants.items():
-        if case in cases and (case == "ceiling" or (client, retained) != variants["ceiling"]):
-            results[case] = throughput(settings, topic, case, lambda group, client=client, retained=retained: [
-                start_role(settings, "ceiling", topic, group, "--output_client", client,
-                           "--retain_freed_mb", str(retained))], count)
-    if "floor" in cases:
-        results["floor"] = throughput(settings, topic, "floor", lambda group: [
-            start_role(settings, "floor", f"{topic}|{model_dir}", group)], count, timeout=arguments.floor_seconds)
-    for case in ("events-low", "events-all", "scores-low", "scores-all", "two-all"):
-        if case not in cases:
-            continue
-        kind, anomalies = case.split("-")
-        directory = results["detectors"][anomalies]["directory"]
-
-        if kind == "two":  # measured once both hold partitions: the join's rebalance is not the steady rate
-            results[case] = throughput(settings, two_topic, f"stream-{case}", lambda group, directory=directory: [
-                start_stream(settings, directory, two_topic, group, arguments, watch_assignment=True)
-                for _ in range(2)], TWO_PROCESS_LOAD * count,
-                ready=lambda processes: group_is_spread([process.assignment for process in processes]))
-            continue
-
-        def processes(group, kind=kind, directory=directory):
-            extra = ("--scores_topic", f"{group}-scores") if kind == "scores" else ()
-            return [start_stream(settings, directory, topic, group, arguments, *extra)]
-        results[case] = throughput(settings, topic, f"stream-{case}", processes, count)
+    measurements = throughput_measurements(settings, arguments, cases, topic, two_topic, model_dir,
+                                           results.get("detectors", {}))
+    results.update(repeated(measurements, arguments.repeats))
     if "latency" in cases:
         basis = f"events-{arguments.latency_anomalies}"
         rate = results[basis]["rate"] / 2 if basis in results else 0.0
@@ -719,12 +759,16 @@ ROWS = (("ceiling", "(a) ceiling: bare consume+decode+produce+commit"),
 BARS = (("events-all", 0.75), ("events-low", 1.10), ("scores-low", 0.75), ("scores-all", 0.75))
 
 
+def ratio_to_ceiling(result: dict) -> float:
+    """The median over the rounds of a case's rate over the same round's (a)."""
+    return float(np.median(result["ratios"])) if result.get("ratios") else float("nan")
+
+
 def print_table(results: dict, arguments) -> None:
-    """The side-by-side figures, the load average beside each, and the bars."""
-    ceiling = results.get("ceiling", {}).get("rate") or float("nan")
+    """The side-by-side figures, the load average beside each, and the bars (medians over the rounds)."""
     print(f"\nheartwatch stream benchmark: {arguments.messages:,} {arguments.encoding} messages, "
           f"batch {arguments.batch_size} / {arguments.batch_timeout_ms} ms, outputs through "
-          f"{arguments.output_client}, {os.cpu_count()} cores, "
+          f"{arguments.output_client}, {os.cpu_count()} cores, {arguments.repeats} round(s), "
           f"load average {results['load_start']} at the start, {results['load_end']} at the end")
     for name, detector in results.get("detectors", {}).items():
         print(f"  detector '{name}': threshold {detector['threshold']:.6g}, flags {detector['rate']:.1%} of the load")
@@ -737,15 +781,19 @@ def print_table(results: dict, arguments) -> None:
         detector = results.get("detectors", {}).get(case.rsplit("-", 1)[-1])
         anomalies = f"{detector['rate']:.0%}" if detector else ""
         cores = result.get("cores", {})
-        print(f"{label:<55} {anomalies:>9} {result['rate']:>10,.0f} {result['rate'] / ceiling:>8.1%} "
+        rounds = ("  rounds: " + ", ".join(f"{rate:,.0f}" for rate in result["rates"])
+                  + (" (" + ", ".join(f"{ratio:.1%}" for ratio in result["ratios"]) + ")" if "ratios" in result else "")
+                  if len(result["rates"]) > 1 else "")
+        print(f"{label:<55} {anomalies:>9} {result['rate']:>10,.0f} {ratio_to_ceiling(result):>8.1%} "
               f"{result['load']:>6}  {cores.get('processes', np.nan):.2f} / {cores.get('broker', np.nan):.2f} / "
-              f"{cores.get('machine', np.nan):.2f}")
+              f"{cores.get('machine', np.nan):.2f}{rounds}")
     for case, bar in BARS:
         if case in results:
-            ratio = results[case]["rate"] / ceiling
+            ratio = ratio_to_ceiling(results[case])
             print(f"bar: {case} >= {bar:.0%} of (a): {ratio:.1%} {'PASS' if ratio >= bar else 'FAIL'}")
     if "two-all" in results and "events-all" in results and results["events-all"]["rate"]:
-        ratio = results["two-all"]["rate"] / results["events-all"]["rate"]
+        ratio = float(np.median([two / one for two, one in zip(results["two-all"]["rates"],
+                                                                results["events-all"]["rates"]) if one]))
         print(f"bar: 2 processes >= 1.6x one (every beat anomalous): {ratio:.2f}x {'PASS' if ratio >= 1.6 else 'FAIL'}")
     if "latency" in results:
         print_latency(results["latency"], f"half of events-{arguments.latency_anomalies}")
