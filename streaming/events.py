@@ -96,16 +96,35 @@ def score_record(*, heartbeat_id: str, device_id: str, anomaly_score: float, err
     ``is_anomaly`` and ``threshold`` are the verdict and threshold applied (the detector's own, or the
     adaptive step's); ``score`` is ``anomaly_score / threshold``.
     """
-    record = {
+    return score_records(heartbeat_ids=[heartbeat_id], device_ids=[device_id], anomaly_scores=[anomaly_score],
+                         errors=[error], thresholds=[threshold], threshold_kinds=[threshold_kind],
+                         is_anomaly=[is_anomaly], model_version=model_version, topics=[topic], partitions=[partition],
+                         offsets=[offset], event_times=[event_time], detection_time=detection_time,
+                         processor=processor, labels=[label])[0]
+
+
+def score_records(*, heartbeat_ids, device_ids, anomaly_scores, errors, thresholds, threshold_kinds, is_anomaly,
+                  model_version: str, topics, partitions, offsets, event_times, detection_time: float,
+                  processor: str, labels) -> list[dict]:
+    """The score records of a batch's beats, field by field as ``score_record`` builds one (same keys, same
+    values), from aligned columns: numpy arrays or lists for the numbers, lists for the rest; ``labels``
+    holds an integer or None per beat."""
+    anomaly_scores = np.asarray(anomaly_scores, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    ratios = np.full(len(anomaly_scores), np.inf)
+    np.divide(anomaly_scores, thresholds, out=ratios, where=thresholds > 0)
+    numbers = zip(anomaly_scores.tolist(), np.asarray(errors, dtype=np.float64).tolist(), thresholds.tolist(),
+                  ratios.tolist(), np.asarray(is_anomaly, dtype=bool).tolist())
+    records = [{
         "event_id": event_id(topic, partition, offset),
         "heartbeat_id": heartbeat_id,
         "device_id": device_id,
-        "anomaly_score": float(anomaly_score),
-        "reconstruction_error": float(error),
-        "threshold": float(threshold),
+        "anomaly_score": anomaly_score,
+        "reconstruction_error": error,
+        "threshold": threshold,
         "threshold_kind": threshold_kind,
-        "score": float(anomaly_score) / float(threshold) if threshold > 0 else float("inf"),
-        "is_anomaly": bool(is_anomaly),
+        "score": ratio,
+        "is_anomaly": flagged,
         "model_version": model_version,
         "source_topic": topic,
         "source_partition": partition,
@@ -113,10 +132,13 @@ def score_record(*, heartbeat_id: str, device_id: str, anomaly_score: float, err
         "event_time": event_time,
         "detection_time": detection_time,
         "processor": processor,
-    }
-    if label is not None:
-        record["label"] = label
-    return record
+    } for (anomaly_score, error, threshold, ratio, flagged), heartbeat_id, device_id, threshold_kind, topic, partition,
+        offset, event_time in zip(numbers, heartbeat_ids, device_ids, threshold_kinds, topics, partitions, offsets,
+                                  event_times)]
+    for record, label in zip(records, labels):
+        if label is not None:
+            record["label"] = label
+    return records
 
 
 def anomaly_event(score: dict, segments: list[dict]) -> dict:

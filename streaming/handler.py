@@ -165,24 +165,29 @@ class BatchHandler:
         anomalous = np.flatnonzero(is_anomaly)
         segments = dict(zip(anomalous.tolist(), events.worst_segments(
             scores["per_sample_error"][anomalous], config.worst_segments, config.segment_length)))
-        emitted = range(len(records)) if config.scores_topic else anomalous.tolist()
-        anomaly_scores, errors = scores["anomaly_score"].tolist(), scores["reconstruction_error"].tolist()
-        thresholds, is_anomaly = np.asarray(thresholds).tolist(), np.asarray(is_anomaly).tolist()
+        emitted = list(range(len(records))) if config.scores_topic else anomalous.tolist()
+        emitted_records = [records[index] for index in emitted]
+        label_header = codec.LABEL_HEADER
+        score_records = events.score_records(
+            heartbeat_ids=[decoded.ids[index] for index in emitted],
+            device_ids=[device_ids[index] for index in emitted],
+            anomaly_scores=scores["anomaly_score"][emitted], errors=scores["reconstruction_error"][emitted],
+            thresholds=np.asarray(thresholds)[emitted], threshold_kinds=[kinds[index] for index in emitted],
+            is_anomaly=np.asarray(is_anomaly)[emitted], model_version=detector.version,
+            topics=[record.topic for record in emitted_records],
+            partitions=[record.partition for record in emitted_records],
+            offsets=[record.offset for record in emitted_records],
+            event_times=[decoded.timestamps[index] for index in emitted], detection_time=detection_time,
+            processor=self.processor_id,
+            labels=[events.parse_label(codec.header_value(record.headers, label_header)) if record.headers else None
+                    for record in emitted_records])
         output.scored = len(records)
-        scores_topic, events_topic, dumps = config.scores_topic, config.events_topic, codec.dumps
-        model_version, processor, append = detector.version, self.processor_id, output.records.append
-        for index in emitted:
-            record, device_id, flagged = records[index], device_ids[index], is_anomaly[index]
-            score = events.score_record(
-                heartbeat_id=decoded.ids[index], device_id=device_id, anomaly_score=anomaly_scores[index],
-                error=errors[index], threshold=thresholds[index], threshold_kind=kinds[index],
-                is_anomaly=flagged, model_version=model_version, topic=record.topic,
-                partition=record.partition, offset=record.offset, event_time=decoded.timestamps[index],
-                detection_time=detection_time, processor=processor,
-                label=events.parse_label(codec.header_value(record.headers, codec.LABEL_HEADER))
-                if record.headers else None)
+        scores_topic, events_topic, dumps, append = config.scores_topic, config.events_topic, codec.dumps, \
+            output.records.append
+        for index, record, score in zip(emitted, emitted_records, score_records):
+            flagged = score["is_anomaly"]
             try:  # every record of the message is encoded before any is kept: one outcome per message
-                key = device_id.encode()
+                key = score["device_id"].encode()
                 score_value = dumps(score) if scores_topic else None
                 event = events.anomaly_event(score, segments[index]) if flagged else None
                 event_value = dumps(event) if flagged else None

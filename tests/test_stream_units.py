@@ -190,6 +190,27 @@ def test_anomaly_event_has_the_documented_fields():
     assert event["event_id"] == events.event_id("in", 0, 9)
 
 
+def test_a_batch_of_score_records_matches_the_records_built_one_by_one():
+    columns = {"heartbeat_ids": ["a", "b", "c"], "device_ids": ["d1", "d2", "d1"],
+               "anomaly_scores": np.array([0.5, 0.25, 0.125], dtype=np.float32), "errors": [0.4, 0.2, 0.1],
+               "thresholds": np.array([0.25, 0.5, 0.0]), "threshold_kinds": ["global", "device", "global"],
+               "is_anomaly": np.array([True, False, True]), "topics": ["in", "in", "other"], "partitions": [0, 1, 0],
+               "offsets": [7, 8, 9], "event_times": [1.0, 2.0, 3.0], "labels": [None, 1, -1]}
+    batch = events.score_records(model_version="3", detection_time=9.0, processor="host:1", **columns)
+    singles = [events.score_record(
+        heartbeat_id=columns["heartbeat_ids"][row], device_id=columns["device_ids"][row],
+        anomaly_score=float(columns["anomaly_scores"][row]), error=columns["errors"][row],
+        threshold=float(columns["thresholds"][row]), threshold_kind=columns["threshold_kinds"][row],
+        is_anomaly=bool(columns["is_anomaly"][row]), model_version="3", topic=columns["topics"][row],
+        partition=columns["partitions"][row], offset=columns["offsets"][row], event_time=columns["event_times"][row],
+        detection_time=9.0, processor="host:1", label=columns["labels"][row]) for row in range(3)]
+    assert batch == singles
+    assert [record["score"] for record in batch] == [2.0, 0.5, float("inf")]  # a zero threshold: infinitely far
+    assert "label" not in batch[0] and batch[1]["label"] == 1 and batch[2]["label"] == -1
+    assert [type(record["anomaly_score"]) for record in batch] == [float] * 3  # plain floats, not numpy scalars
+    assert batch[2]["event_id"] == events.event_id("other", 0, 9) and batch[0]["is_anomaly"] is True
+
+
 def test_config_file_is_overridden_by_flags_and_kafka_options_are_parsed(tmp_path):
     path = tmp_path / "stream.json"
     path.write_text(json.dumps({"batch_size": 64, "group_id": "from-file",
