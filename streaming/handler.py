@@ -182,8 +182,8 @@ class BatchHandler:
             labels=[events.parse_label(codec.header_value(record.headers, label_header)) if record.headers else None
                     for record in emitted_records])
         output.scored = len(records)
-        scores_topic, events_topic, dumps, append = config.scores_topic, config.events_topic, codec.dumps, \
-            output.records.append
+        scores_topic, events_topic = config.scores_topic, config.events_topic
+        dumps, append = codec.dumps, output.records.append
         for index, record, score in zip(emitted, emitted_records, score_records):
             flagged = score["is_anomaly"]
             try:  # every record of the message is encoded before any is kept: one outcome per message
