@@ -83,43 +83,6 @@ class DeliveryFailed(KafkaError):
     """librdkafka did not deliver a record (its error, e.g. a timeout or a refusal by the broker)."""
 
 
-class DeliveryFuture:
-    """The outcome of one sent record, as kafka-python's future shows it to ``streaming.commits``.
-
-    librdkafka reports deliveries through callbacks served by ``poll``; asking ``is_done`` of an
-    unfinished future serves the waiting ones first (a C call returning at once).
-    """
-
-    __slots__ = ("_producer", "_done", "exception")
-
-    def __init__(self, producer):
-        self._producer = producer
-        self._done = False
-        self.exception = None
-
-    @property
-    def is_done(self) -> bool:
-        """True once the broker acknowledged or refused the record."""
-        if not self._done:
-            self._producer.poll(0)
-        return self._done
-
-    def failed(self) -> bool:
-        """True when the record was not delivered (``exception`` says why)."""
-        return self.exception is not None
-
-    def fail(self, error: Exception) -> None:
-        """Marks the record undelivered."""
-        self.exception = error
-        self._done = True
-
-    def deliver(self, error, message) -> None:
-        """librdkafka's delivery callback."""
-        if error is not None:
-            self.exception = DeliveryFailed(f"{error.name()}: {error.str()}")
-        self._done = True
-
-
 class BatchDelivery:
     """The outcome of every record of one ``send_many``: done once each was acknowledged or refused.
 
@@ -152,6 +115,25 @@ class BatchDelivery:
         if error is not None:
             self.errors.append(DeliveryFailed(f"{error.name()}: {error.str()}"))
         self.remaining -= 1
+
+
+class DeliveryFuture(BatchDelivery):
+    """The outcome of one sent record, as kafka-python's future shows it (``is_done``, ``failed()``,
+    ``exception``): a delivery of one record."""
+
+    __slots__ = ()
+
+    def __init__(self, producer):
+        super().__init__(producer, 1)
+
+    def failed(self) -> bool:
+        """True when the record was not delivered (``exception`` says why)."""
+        return bool(self.errors)
+
+    @property
+    def exception(self) -> Exception | None:
+        """Why the record was not delivered, or None."""
+        return self.errors[0] if self.errors else None
 
 
 class LibrdkafkaProducer:
