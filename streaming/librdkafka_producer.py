@@ -86,8 +86,9 @@ class DeliveryFailed(KafkaError):
 class BatchDelivery:
     """The outcome of every record of one ``send_many``: done once each was acknowledged or refused.
 
-    ``errors`` lists the refusals (empty when every record was delivered); ``is_done`` serves waiting
-    acknowledgements first, like ``DeliveryFuture.is_done``.
+    ``errors`` lists the refusals (empty when every record was delivered). librdkafka reports deliveries
+    through callbacks served by ``poll``; asking ``is_done`` of an unfinished delivery serves the waiting
+    ones first (a C call returning at once).
     """
 
     __slots__ = ("_producer", "count", "remaining", "errors")
