@@ -10,9 +10,14 @@ positive class for both. Prints one row per split as it finishes, then the means
 spread (minimum, maximum, standard deviation) and each seed's ROC-AUC and accuracy. ``--seeds``
 runs chosen seeds only (e.g. two processes on ``0-4`` and ``5-9``); ``--output`` is rewritten after
 every split, so a long run leaves its finished splits behind; ``--merge`` prints the summary of such
-files together.
+files together. ``--explain`` also names, for each split, the test beats that cost most ROC-AUC: each
+normal beat scored above some anomalies and each anomaly scored below some normals, with the number
+of misordered (normal, anomaly) pairs it is part of, its share of all of them, its ECG5000 class and
+the classes of its 10 nearest beats in the sample (Euclidean on the raw beats), which tells a model
+error from a beat whose label disagrees with every beat like it.
 
     python bench/quality.py --data ../shared/data/ecg5000/ECG5000_TRAIN.txt --splits 10
+    python bench/quality.py --seeds 8 --explain
 """
 
 import argparse
@@ -30,12 +35,15 @@ from models.detection import (
     metrics,  # noqa: E402
     thresholds,  # noqa: E402
 )
+from models.detection.detector import load_detector  # noqa: E402
 from models.ecg import sources  # noqa: E402
 from models.training.candidates import candidate  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
 from pipeline import splits, train  # noqa: E402
 
 METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
+NEIGHBOURS = 10
+EXPLAINED_BEATS = 5  # printed per split (--output keeps them all)
 
 
 def tutorial_recipe(dataset, seed: int) -> dict:
@@ -54,6 +62,45 @@ def tutorial_recipe(dataset, seed: int) -> dict:
     return metrics.classification_metrics(dataset.is_anomaly[test], error(dataset.beats[test]), threshold)
 
 
+def costly_beats(dataset, scores: np.ndarray, test: np.ndarray) -> list[dict]:
+    """The test beats in misordered (normal, anomaly) pairs, most pairs first, with their nearest beats' classes.
+
+    A pair is misordered when the normal beat scores at least as high as the anomaly; ROC-AUC is one
+    minus the misordered share of all pairs (ties count half there, whole here).
+    """
+    labels, test_scores = dataset.is_anomaly[test], scores[test]
+    normal_scores, anomaly_scores = test_scores[labels == 0], test_scores[labels == 1]
+    pair_count = len(normal_scores) * len(anomaly_scores)
+    misordered = int(sum((anomaly_scores <= score).sum() for score in normal_scores))
+    rows = []
+    for position in np.flatnonzero(test):
+        score, anomalous = scores[position], dataset.is_anomaly[position] == 1
+        pairs = int((normal_scores >= score).sum() if anomalous else (anomaly_scores <= score).sum())
+        if not pairs:
+            continue
+        distances = np.sqrt(np.mean((dataset.beats - dataset.beats[position]) ** 2, axis=1))
+        distances[position] = np.inf
+        nearest = dataset.source_classes[np.argsort(distances)[:NEIGHBOURS]]
+        rows.append({"row": int(dataset.row_numbers[position]), "class": str(dataset.source_classes[position]),
+                     "label": "anomaly" if anomalous else "normal", "score": float(score), "pairs": pairs,
+                     "share_of_misordered": pairs / max(misordered, 1), "auc_cost": pairs / pair_count,
+                     "nearest_classes": "".join(str(kind) for kind in nearest)})
+    return sorted(rows, key=lambda row: -row["pairs"])
+
+
+def explain(dataset, model_root: str, seed: int) -> list[dict]:
+    """Scores the whole sample with the newest detector under ``model_root`` and prints ``costly_beats``."""
+    assignment = splits.assign_splits([dataset.source] * len(dataset.row_numbers), dataset.row_numbers,
+                                      dataset.source_classes, splits.SplitConfig(seed=seed))
+    scores = load_detector(model_root).score(dataset.beats.astype(np.float32))["anomaly_score"]
+    rows = costly_beats(dataset, scores, assignment == splits.TEST)
+    for row in rows[:EXPLAINED_BEATS]:
+        print(f"  seed {seed}: {row['label']} row {row['row']} (class {row['class']}, score {row['score']:.4f}) in "
+              f"{row['pairs']} misordered pairs ({row['share_of_misordered']:.0%} of them, AUC cost "
+              f"{row['auc_cost']:.4f}); its {NEIGHBOURS} nearest beats' classes {row['nearest_classes']}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("HEARTWATCH_ECG5000",
@@ -63,6 +110,7 @@ def main() -> None:
     parser.add_argument("--candidates", default=None, help="--candidates of `heartwatch train` (default: its own)")
     parser.add_argument("--train_flag", action="append", default=[],
                         help="extra `heartwatch train` flag, e.g. --train_flag=--threshold_method=percentile")
+    parser.add_argument("--explain", action="store_true", help="name the test beats that cost ROC-AUC (see above)")
     parser.add_argument("--output", default=None, help="write the rows as JSON here (after every split)")
     parser.add_argument("--merge", nargs="+", default=None, help="only print the summary of these --output files")
     arguments = parser.parse_args()
@@ -91,6 +139,8 @@ def main() -> None:
                          "refit": card.get("training", {}).get("refit", {}).get("enabled", False),
                          "anomaly_score": card["signature"]["anomaly_score"]})
             print(_row_line(rows[-1]), flush=True)
+            if arguments.explain:
+                rows[-1]["costly_beats"] = explain(dataset, output_dir, seed)
             if arguments.output:
                 with open(arguments.output, "w") as handle:
                     json.dump(rows, handle, indent=2)

@@ -204,7 +204,7 @@ class DenoiseTrainConfig:
                                   default="{}")
     noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
                        "salt_and_pepper", default="gaussian:0.2")
-    epochs: int = field("most epochs", default=24)
+    epochs: int = field("most epochs", default=48)
     batch_size: int = field("images per step", default=32)
     learning_rate: float = field("Adam learning rate (the start of the cosine decay, after any warm-up)", default=2e-3)
     loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="psnr")
@@ -217,8 +217,12 @@ class DenoiseTrainConfig:
     shift: int = field("random shifts of training images by up to this many pixels (0: none)", default=0)
     warmup_epochs: float = field("cosine schedule: linear warm-up over this many epochs first", default=0.0)
     weight_decay: float = field("decoupled weight decay (AdamW) when > 0, else Adam", default=0.0)
+    precision: str = field("training arithmetic: auto (mixed_bfloat16 where the CPU or GPU computes bfloat16 "
+                           "natively, else float32), float32 or mixed_bfloat16; the export is float32",
+                           default="auto")
     shuffle_buffer: int = field("training images in the shuffle buffer (bounds memory)", default=4096)
-    validation_fraction: float = field("share for validation", default=0.1)
+    validation_fraction: float = field("share for validation (picks the best epoch; 0.03 leaves more to train on)",
+                                       default=0.03)
     test_fraction: float = field("share held out for the model card metrics (Fashion-MNIST uses its test set)",
                                  default=0.1)
     max_images: int | None = field("use at most this many images", default=None, default_text="all")
@@ -237,6 +241,7 @@ class DenoiseTrainConfig:
             raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
                              f"{self.validation_fraction} and {self.test_fraction}")
         _check_choice(self, "schedule", ("cosine", "plateau", "constant"))
+        _check_choice(self, "precision", ("auto", "float32", "mixed_bfloat16"))
         if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:
             raise ValueError(f"need --patch_size >= 0, --shuffle_buffer >= 1 and --shift >= 0, got {self.patch_size}, "
                              f"{self.shuffle_buffer} and {self.shift}")
@@ -267,7 +272,8 @@ class DenoiseTrainConfig:
                                       early_stopping_patience=self.early_stopping_patience, schedule=self.schedule,
                                       patch_size=self.patch_size, flip=self.flip,
                                       shuffle_buffer=self.shuffle_buffer, shift=self.shift,
-                                      warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay)
+                                      warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay,
+                                      precision=self.precision)
 
     def deep_checks(self) -> None:
         """Checks the noise and fit settings (Keras); the job runs this before any work."""

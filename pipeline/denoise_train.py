@@ -152,7 +152,8 @@ def build_model_card(config: DenoiseTrainConfig, result, shapes: dict, test_metr
                      "loss": training.loss, "early_stopping_patience": training.early_stopping_patience,
                      "schedule": training.schedule, "warmup_epochs": training.warmup_epochs,
                      "weight_decay": training.weight_decay, "patch_size": training.patch_size, "flip": training.flip,
-                     "shift": training.shift,
+                     "shift": training.shift, "precision": training.precision,
+                     "dtype_policy": result.dtype_policy,
                      "shuffle_buffer": training.shuffle_buffer, "input": "record shards streamed through tf.data",
                      "best_validation_loss": result.best_validation_loss, "seconds": round(result.seconds, 2)},
         "metrics": {"test": test_metrics},
@@ -195,8 +196,9 @@ def prepare_shards(config: DenoiseTrainConfig, beam_args: list, work_directory: 
         raise ValueError(f"training images in {config.data} mix channel counts ({shapes[:4]}...)")
     too_few = [split for split in shards.SPLITS if not counts[split] and (split != "test" or config.test_fraction)]
     if too_few:
+        hint = next((f"raise --{split}_fraction" for split in too_few if split != "train"), "use more images")
         raise ValueError(f"{sum(counts.values())} images are too few to split into train, validation and test "
-                         f"(none fell into {', '.join(too_few)}; the split hashes each image's key)")
+                         f"(none fell into {', '.join(too_few)}; the split hashes each image's key: {hint})")
     if config.patch_size and min(min(shape[:2]) for shape in shapes) < config.patch_size:
         raise ValueError(f"--patch_size {config.patch_size} is larger than some images ({shapes[:4]})")
     return prepared

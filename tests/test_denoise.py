@@ -153,7 +153,8 @@ def test_fixed_noise_of_held_out_images_depends_on_seed_and_key_only():
 def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
     clean = sets.synthetic_images(60, 12, seed=2)
     config = denoising.DenoiserTrainingConfig(model="dncnn", parameters={"depth": 3, "filters": 8}, epochs=3,
-                                              batch_size=16, early_stopping_patience=0, loss="mse")
+                                              batch_size=16, early_stopping_patience=0, loss="mse",
+                                              precision="float32")  # val_loss recomputed exactly below
     result = denoising.train_denoiser(config, clean[:48], clean[48:], seed=3,
                                       checkpoint_path=str(tmp_path / "best.weights.h5"), verbose=0)
     losses = result.history["val_loss"]
@@ -164,6 +165,29 @@ def test_train_denoiser_restores_the_best_validation_weights(tmp_path):
     assert recomputed == pytest.approx(result.best_validation_loss, rel=1e-4)
     with pytest.raises(ValueError, match="needs noise"):
         denoising.DenoiserTrainingConfig(noise="none")
+
+
+def test_mixed_bfloat16_training_returns_a_float32_model_with_the_trained_weights():
+    clean = sets.synthetic_images(40, 12, seed=2)
+    config = denoising.DenoiserTrainingConfig(model="unet_denoiser", parameters={"filters": 4, "levels": 1},
+                                              epochs=2, batch_size=16, precision="mixed_bfloat16")
+    trained = denoising.build_for_training(config, 1)
+    assert trained.dtype_policy.name == "mixed_bfloat16" and keras.config.dtype_policy().name == "float32"
+    result = denoising.train_denoiser(config, clean[:32], clean[32:], seed=3, verbose=0)
+    assert result.dtype_policy == "mixed_bfloat16" and result.model.dtype_policy.name == "float32"
+    assert keras.config.dtype_policy().name == "float32", "the global policy is restored"
+    noisy = denoising.fixed_noisy(clean[32:], config.noise_spec(), 4)
+    output = result.model.predict(noisy, verbose=0)
+    assert output.dtype == np.float32 and np.isfinite(output).all()
+    assert denoising.evaluate_denoiser(result.model, clean[32:], noisy)["psnr_gain"] > 0, "it learned something"
+    float32 = denoising.train_denoiser(dataclasses.replace(config, precision="float32"), clean[:32], clean[32:],
+                                       seed=3, verbose=0)
+    assert float32.dtype_policy == "float32" and denoising.as_float32(float32.model) is float32.model
+    assert denoising.training_policy("auto") == ("mixed_bfloat16" if denoising.native_bfloat16() else "float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        denoising.DenoiserTrainingConfig(precision="float16")
+    with pytest.raises(ValueError, match="--precision"):
+        DenoiseTrainConfig(data="x.npy", precision="half")
 
 
 def test_unet_denoiser_is_residual_and_pads_to_its_levels():
@@ -449,6 +473,7 @@ def test_round_trip_on_arrays_and_tfrecords_through_the_cli(exported, tmp_path, 
 
 def test_rgb_model_and_npz_reference_round_trip(tmp_path):
     trained = denoise.run(["train", "--data", "synthetic:count=40,size=12,channels=3", "--epochs", "1",
+                           "--validation_fraction", "0.2",
                            "--model", "denoise_tutorial", "--output_dir", str(tmp_path / "models"), "--verbose", "0"])
     assert trained.card["model"]["channels"] == 3 and trained.card["signature"]["size_multiple"] == 4
     clean = sets.synthetic_images(5, 10, channels=3, seed=3)
@@ -468,6 +493,7 @@ def test_train_and_run_on_ram_filesystem(image_directory, tmp_path):
     """`denoise train` -> `denoise run` with the model root and every output on TensorFlow's ram:// scheme."""
     root = f"ram://{uuid.uuid4().hex}"
     trained = denoise.run(["train", "--data", "synthetic:count=60,size=12", "--epochs", "1", "--batch_size", "16",
+                           "--validation_fraction", "0.2",
                            "--model", "dncnn", "--model_parameters", '{"depth": 3, "filters": 8}',
                            "--output_dir", f"{root}/models", "--verbose", "0"])
     assert trained.version_directory == f"{root}/models/1" and trained.card["version"] == "1"

@@ -133,6 +133,7 @@ def test_train_then_score(runner_flags, beat_file, tmp_path):
 
 def test_denoise_train_then_run(runner_flags, tmp_path):
     trained = denoise.run(["train", "--data", "synthetic:count=48,size=12", "--epochs", "1", "--batch_size", "16",
+                           "--validation_fraction", "0.2",
                            "--model", "dncnn", "--model_parameters", '{"depth": 3, "filters": 8}', "--output_dir",
                            str(tmp_path / "models"), "--verbose", "0", *runner_flags])
     assert trained.version_directory == str(tmp_path / "models" / "1")

@@ -53,6 +53,7 @@ class TrainingResult:
     epochs_run: int
     seconds: float
     parameter_count: int
+    dtype_policy: str = "float32"  # the Keras policy it trained under (the model returned computes in float32)
 
 
 def _dataset_pairs(dataset: tf.data.Dataset, role: str) -> tf.data.Dataset:
