@@ -46,10 +46,15 @@ NEIGHBOURS = 10
 EXPLAINED_BEATS = 5  # printed per split (--output keeps them all)
 
 
+def split_assignment(dataset, seed: int) -> np.ndarray:
+    """Each beat's split (``pipeline.splits``) for ``seed``, as `heartwatch train` assigns it."""
+    return splits.assign_splits([dataset.source] * len(dataset.row_numbers), dataset.row_numbers,
+                                dataset.source_classes, splits.SplitConfig(seed=seed))
+
+
 def tutorial_recipe(dataset, seed: int) -> dict:
     """The tutorial on the pipeline's split for ``seed``: returns test metrics (anomaly positive)."""
-    assignment = splits.assign_splits([dataset.source] * len(dataset.row_numbers), dataset.row_numbers,
-                                      dataset.source_classes, splits.SplitConfig(seed=seed))
+    assignment = split_assignment(dataset, seed)
     training = assignment != splits.TEST
     normal_training = dataset.beats[training & (dataset.is_anomaly == 0)]
     minimum, maximum = normal_training.min(), normal_training.max()
@@ -90,8 +95,7 @@ def costly_beats(dataset, scores: np.ndarray, test: np.ndarray) -> list[dict]:
 
 def explain(dataset, model_root: str, seed: int) -> list[dict]:
     """Scores the whole sample with the newest detector under ``model_root`` and prints ``costly_beats``."""
-    assignment = splits.assign_splits([dataset.source] * len(dataset.row_numbers), dataset.row_numbers,
-                                      dataset.source_classes, splits.SplitConfig(seed=seed))
+    assignment = split_assignment(dataset, seed)
     scores = load_detector(model_root).score(dataset.beats.astype(np.float32))["anomaly_score"]
     rows = costly_beats(dataset, scores, assignment == splits.TEST)
     for row in rows[:EXPLAINED_BEATS]:

@@ -25,6 +25,7 @@ from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
 from models.training.candidates import CANDIDATES, candidates_from_json
+from models.training.settings import PRECISIONS, SCHEDULES
 
 # Names shown in --help and checked at parse time; their owners above import no TensorFlow, Keras or pandas.
 CANDIDATE_PRESETS = tuple(sorted(CANDIDATES))
@@ -240,8 +241,8 @@ class DenoiseTrainConfig:
                 and self.validation_fraction + self.test_fraction < 1):
             raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
                              f"{self.validation_fraction} and {self.test_fraction}")
-        _check_choice(self, "schedule", ("cosine", "plateau", "constant"))
-        _check_choice(self, "precision", ("auto", "float32", "mixed_bfloat16"))
+        _check_choice(self, "schedule", SCHEDULES)
+        _check_choice(self, "precision", PRECISIONS)
         if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:
             raise ValueError(f"need --patch_size >= 0, --shuffle_buffer >= 1 and --shift >= 0, got {self.patch_size}, "
                              f"{self.shuffle_buffer} and {self.shift}")

@@ -173,6 +173,10 @@ def test_mixed_bfloat16_training_returns_a_float32_model_with_the_trained_weight
                                               epochs=2, batch_size=16, precision="mixed_bfloat16")
     trained = denoising.build_for_training(config, 1)
     assert trained.dtype_policy.name == "mixed_bfloat16" and keras.config.dtype_policy().name == "float32"
+    copy = denoising.as_float32(trained)
+    assert copy.dtype_policy.name == "float32" and copy.config == trained.config
+    for copied, original in zip(copy.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(copied, original)
     result = denoising.train_denoiser(config, clean[:32], clean[32:], seed=3, verbose=0)
     assert result.dtype_policy == "mixed_bfloat16" and result.model.dtype_policy.name == "float32"
     assert keras.config.dtype_policy().name == "float32", "the global policy is restored"

@@ -33,16 +33,14 @@ from models.images.noise import NoiseSpec, add_noise
 from models.images.quality import psnr, ssim
 from models.training import denoise_data
 from models.training.fit import MONITOR, TrainingResult
-from models.training.settings import FitSettings
+from models.training.settings import PRECISIONS, SCHEDULES, FitSettings
 
 LOGGER = logging.getLogger(__name__)
-SCHEDULES = ("cosine", "plateau", "constant")
 LOSSES = ("mse", "mae", "psnr")
 PSNR_EPSILON = 1e-10
 COSINE_FLOOR = 0.02
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_INFO = "/proc/cpuinfo"
 

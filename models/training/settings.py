@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 
 LOSSES = ("mae", "mse")
+SCHEDULES = ("cosine", "plateau", "constant")  # the denoiser's learning-rate schedules
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # the denoiser's training arithmetic
 
 
 @dataclasses.dataclass(frozen=True)
