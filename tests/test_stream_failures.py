@@ -197,12 +197,13 @@ class TcpRelay:
         listener.listen(64)
         listener.settimeout(0.1)
         self._listening.set()
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accepting.start()
 
     def cut(self) -> None:
         """Stops listening and resets every relayed connection."""
         self._listening.clear()
-        time.sleep(0.3)  # the accept loop closes its listener
+        self._accepting.join()  # its listener is closed: no connection made during the cut can outlive it
         with self._lock:
             connections, self._connections = self._connections, []
         for connection in connections:
