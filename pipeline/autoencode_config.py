@@ -10,13 +10,13 @@ import dataclasses
 
 from models.common.flags import field
 from models.images import IMAGE_SET_FORMATS
+from models.training.settings import LOSSES
 
 FASHION_MNIST = "fashion_mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 """Fashion-MNIST's class names, label 0 first (``--label_names fashion_mnist`` uses them)."""
 VERBOSITIES = (0, 1, 2)
-LOSSES = ("mse", "mae")
 
 
 def _positive(config, *names: str) -> None:

@@ -25,7 +25,7 @@ from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
 from models.training.candidates import CANDIDATES, candidates_from_json
-from models.training.settings import PRECISIONS, SCHEDULES
+from models.training.settings import DENOISER_LOSSES, PRECISIONS, SCHEDULES
 
 # Names shown in --help and checked at parse time; their owners above import no TensorFlow, Keras or pandas.
 CANDIDATE_PRESETS = tuple(sorted(CANDIDATES))
@@ -208,7 +208,8 @@ class DenoiseTrainConfig:
     epochs: int = field("most epochs", default=48)
     batch_size: int = field("images per step", default=32)
     learning_rate: float = field("Adam learning rate (the start of the cosine decay, after any warm-up)", default=2e-3)
-    loss: str = field("mse, mae or psnr (minus the per-image PSNR: the mean PSNR itself)", default="psnr")
+    loss: str = field(f"{', '.join(DENOISER_LOSSES)} (psnr: minus the per-image PSNR, so the mean PSNR itself)",
+                      default="psnr")
     early_stopping_patience: int = field("epochs without val_loss gain; 0 off (the best epoch is kept anyway)",
                                          default=0)
     schedule: str = field("learning rate: cosine (decay over all steps), plateau (halve on a val_loss plateau) or "
@@ -241,6 +242,7 @@ class DenoiseTrainConfig:
                 and self.validation_fraction + self.test_fraction < 1):
             raise ValueError(f"need 0 < --validation_fraction, 0 <= --test_fraction and their sum < 1; got "
                              f"{self.validation_fraction} and {self.test_fraction}")
+        _check_choice(self, "loss", DENOISER_LOSSES)
         _check_choice(self, "schedule", SCHEDULES)
         _check_choice(self, "precision", PRECISIONS)
         if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:

@@ -33,10 +33,9 @@ from models.images.noise import NoiseSpec, add_noise
 from models.images.quality import psnr, ssim
 from models.training import denoise_data
 from models.training.fit import MONITOR, TrainingResult
-from models.training.settings import PRECISIONS, SCHEDULES, FitSettings
+from models.training.settings import DENOISER_LOSSES, PRECISIONS, SCHEDULES, FitSettings
 
 LOGGER = logging.getLogger(__name__)
-LOSSES = ("mse", "mae", "psnr")
 PSNR_EPSILON = 1e-10
 COSINE_FLOOR = 0.02
 PLATEAU_FACTOR = 0.5
@@ -71,8 +70,8 @@ class DenoiserTrainingConfig:
             raise ValueError(f"unknown denoiser {self.model!r}; denoisers: {', '.join(sorted(MODELS))}")
         if self.noise_spec().is_none:
             raise ValueError("training a denoiser needs noise (for example gaussian:0.2)")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss not in DENOISER_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(DENOISER_LOSSES)}, got {self.loss!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.patch_size < 0 or self.shuffle_buffer < 1 or self.shift < 0:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-LOSSES = ("mae", "mse")
+LOSSES = ("mse", "mae")  # the ECG fit losses (models.training.fit)
+DENOISER_LOSSES = ("mse", "mae", "psnr")  # the denoiser's: psnr is minus the per-image PSNR
 SCHEDULES = ("cosine", "plateau", "constant")  # the denoiser's learning-rate schedules
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # the denoiser's training arithmetic
 
