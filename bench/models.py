@@ -10,7 +10,11 @@ pipeline's TFT graph computes them) with early stopping on the validation normal
 which defaults to `heartwatch train`'s default (``TrainConfig().score_error``: ``window``, the worst
 mean absolute error over 30 consecutive samples): that error itself, the VAE's negative ELBO on it
 for ``vae_elbo``, the normalised member scores for the ensemble. The threshold is calibrated with
-``max_f1`` on the whole validation split, as the pipeline does; validation ROC-AUC (what the
+``max_f1`` on the whole validation split, as the pipeline does. ``--anomaly_exposure`` (default:
+`heartwatch train`'s, ``TrainConfig().anomaly_exposure``) adds the training split's labelled
+anomalies to training and the validation anomalies to early stopping with that weight
+(``models.family.exposure``; the arrays are shuffled together here, where the pipeline joins each
+normal batch with as many anomalies); 0 trains on normal beats alone. Validation ROC-AUC (what the
 pipeline selects by), test ROC-AUC, accuracy and F1 are measured with anomaly as the positive
 class. Prints a Markdown table of means (± standard deviation) over the splits, with the training
 time per split, the epochs run and the parameter count.
@@ -36,9 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.quality import seed_list  # noqa: E402
 from models.detection import SCORE_ERRORS, metrics, thresholds  # noqa: E402
-from models.ecg import sources  # noqa: E402
+from models.ecg import ANOMALY, sources  # noqa: E402
+from models.family.exposure import labelled_targets  # noqa: E402
 from models.training.candidates import CANDIDATES, CandidateConfig  # noqa: E402
 from models.training.fit import train_autoencoder  # noqa: E402
+from models.training.settings import check_anomaly_weight  # noqa: E402
 from pipeline import splits  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
 
@@ -59,17 +65,34 @@ def split_arrays(dataset, seed: int) -> dict:
 
     validation = assignment == splits.VALIDATION
     test = assignment == splits.TEST
+    train_anomalies = dataset.beats[(assignment == splits.TRAIN) & (dataset.is_anomaly == ANOMALY)]
+    validation_anomalies = dataset.beats[validation & (dataset.is_anomaly == ANOMALY)]
     return {"train": scale(train_normals), "validation_normals": scale(dataset.beats[validation & normal]),
+            "train_anomalies": scale(train_anomalies), "validation_anomalies": scale(validation_anomalies),
             "validation": scale(dataset.beats[validation]), "validation_labels": dataset.is_anomaly[validation],
             "test": scale(dataset.beats[test]), "test_labels": dataset.is_anomaly[test]}
 
 
-def evaluate(candidate: CandidateConfig, arrays: dict, seed: int, score_error: str) -> dict:
+def exposed(normals, anomalies) -> tuple:
+    """``(inputs, exposure targets)`` of normal and anomalous beats together (``models.family.exposure``)."""
+    inputs = np.concatenate([normals, anomalies])
+    return inputs, labelled_targets(inputs, [0] * len(normals) + [1] * len(anomalies))
+
+
+def evaluate(candidate: CandidateConfig, arrays: dict, seed: int, score_error: str,
+             anomaly_exposure: float = 0.0) -> dict:
     """Trains ``candidate`` on one split, calibrates on validation; returns validation and test metrics.
 
-    Beats are scored by the model's ``anomaly_score`` on ``score_error`` (`heartwatch train --score_error`).
+    Beats are scored by the model's ``anomaly_score`` on ``score_error`` (`heartwatch train --score_error`);
+    ``anomaly_exposure`` > 0 trains with the split's labelled anomalies (`heartwatch train --anomaly_exposure`).
     """
-    result = train_autoencoder(candidate, arrays["train"], arrays["validation_normals"], seed=seed, verbose=0)
+    train, validation = arrays["train"], arrays["validation_normals"]
+    if anomaly_exposure > 0 and len(arrays["train_anomalies"]):
+        train = exposed(train, arrays["train_anomalies"])
+        validation = exposed(validation, arrays["validation_anomalies"])
+    else:
+        anomaly_exposure = 0.0
+    result = train_autoencoder(candidate, train, validation, seed=seed, verbose=0, anomaly_weight=anomaly_exposure)
     validation_scores = np.asarray(result.model.anomaly_score(arrays["validation"], score_error), dtype=np.float64)
     test_scores = np.asarray(result.model.anomaly_score(arrays["test"], score_error), dtype=np.float64)
     threshold = thresholds.calibrate(thresholds.ThresholdConfig("max_f1"), validation_scores,
@@ -122,9 +145,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="cap on every row's epochs")
     parser.add_argument("--score_error", default=TrainConfig().score_error, choices=SCORE_ERRORS,
                         help="what scores are built on, as `heartwatch train --score_error` (default: its default)")
+    parser.add_argument("--anomaly_exposure", type=float, default=TrainConfig().anomaly_exposure,
+                        help="weight of the labelled training anomalies, as `heartwatch train --anomaly_exposure` "
+                        "(default: its default; 0: normal beats alone)")
     parser.add_argument("--output", default=None, help="write the per-split rows as JSON here (after every row)")
     parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these --output files")
     arguments = parser.parse_args()
+    try:
+        check_anomaly_weight(arguments.anomaly_exposure, "--anomaly_exposure")
+    except ValueError as error:
+        parser.error(str(error))
 
     requested = arguments.models or ("" if arguments.merge else ",".join(DEFAULT_ROWS))
     chosen = [name.strip() for name in requested.split(",") if name.strip()]
@@ -140,8 +170,11 @@ def main() -> None:
         score_errors = sorted({row.get("score_error", "unrecorded") for row in rows})
         if len(score_errors) > 1:
             parser.error(f"the files mix score errors {score_errors}; merge runs of one --score_error")
+        exposures = sorted({str(row.get("anomaly_exposure", 0.0)) for row in rows})
+        if len(exposures) > 1:
+            parser.error(f"the files mix anomaly exposures {exposures}; merge runs of one --anomaly_exposure")
         seeds = sorted({row["seed"] for row in rows})
-        print(f"score error {score_errors[0]}; seeds {seeds}")
+        print(f"score error {score_errors[0]}; anomaly exposure {exposures[0]}; seeds {seeds}")
         print(table(rows, [name for name in chosen or present if name in present]))
         return
     candidates = [CANDIDATES[name] for name in chosen]
@@ -154,7 +187,7 @@ def main() -> None:
     dataset = sources.load_dataset(sources.DatasetSpec(path=arguments.data))
     seeds = seed_list(arguments.seeds, arguments.splits)
     print(f"{len(dataset)} beats from {arguments.data}; seeds {seeds}; score error {arguments.score_error}; "
-          f"rows: {', '.join(chosen)}", flush=True)
+          f"anomaly exposure {arguments.anomaly_exposure:g}; rows: {', '.join(chosen)}", flush=True)
     rows = []
     started = time.perf_counter()
     for seed in seeds:
@@ -162,7 +195,8 @@ def main() -> None:
         for candidate in candidates:
             row = {"seed": seed, "name": candidate.name, "model": candidate.model,
                    "parameters_set": candidate.parameters, "score_error": arguments.score_error,
-                   **evaluate(candidate, arrays, seed, arguments.score_error)}
+                   "anomaly_exposure": arguments.anomaly_exposure,
+                   **evaluate(candidate, arrays, seed, arguments.score_error, arguments.anomaly_exposure)}
             rows.append(row)
             print(f"seed {seed} {candidate.name:<12} validation roc_auc {row['validation_roc_auc']:.4f} test roc_auc "
                   f"{row['roc_auc']:.4f} accuracy {row['accuracy']:.4f} f1 {row['f1']:.4f} {row['seconds']:.1f} s "

@@ -25,7 +25,7 @@ from models.family import DEFAULT_DENOISER
 from models.family import DENOISERS as DENOISER_MODELS
 from models.images import IMAGE_SET_FORMATS
 from models.training.candidates import CANDIDATES, candidates_from_json
-from models.training.settings import DENOISER_LOSSES, PRECISIONS, SCHEDULES
+from models.training.settings import DENOISER_LOSSES, PRECISIONS, SCHEDULES, check_anomaly_weight
 
 # Names shown in --help and checked at parse time; their owners above import no TensorFlow, Keras or pandas.
 CANDIDATE_PRESETS = tuple(sorted(CANDIDATES))
@@ -106,6 +106,10 @@ class TrainConfig(DatasetFlags):
     score_error: str = field("what the anomaly score is built on: window (the largest mean absolute "
                              "reconstruction error over any 30 consecutive samples of a beat), rms (the root mean "
                              "square of its absolute errors) or mae (their mean, the tutorial's)", default="window")
+    anomaly_exposure: float = field("weight of anomaly exposure: the train split's labelled anomalies join "
+                                    "training and are pushed to reconstruct badly (models.family.exposure); "
+                                    "0 trains on normal beats alone (off when the data has no labelled "
+                                    "anomalies)", default=1.0)
     refit: bool = field("after selection and calibration on validation, fit the chosen candidate again on the train "
                         "and validation normals together (the first fit's best epoch count) and export that; "
                         "the test split stays held out", default=False)
@@ -114,8 +118,8 @@ class TrainConfig(DatasetFlags):
     target_false_positive_rate: float = field("for percentile", default=0.01)
     verbose: int = field("Keras progress: 0 silent, 1 bar, 2 a line/epoch", default=2)
     report: bool = field("write the PNG/HTML report", default=True)
-    shuffle_buffer: int = field("beats in the training shuffle buffer (bounds training memory; the whole split "
-                                "is shuffled when it is smaller)", default=16384)
+    shuffle_buffer: int = field("beats in the training shuffle buffer (bounds training memory; a split that "
+                                "fits is shuffled whole and cached in memory after the first epoch)", default=16384)
 
     def __post_init__(self):
         """Checks every flag that needs no pandas and no Keras (see ``deep_checks``)."""
@@ -127,6 +131,7 @@ class TrainConfig(DatasetFlags):
         _check_choice(self, "threshold_method", THRESHOLD_METHODS, noun="threshold method")
         _check_choice(self, "score_error", SCORE_ERRORS, noun="score error")
         _check_positive(self, "epochs")
+        check_anomaly_weight(self.anomaly_exposure, "--anomaly_exposure")
         self.parsed_candidates()
         self.split_config()
         self.threshold_config()

@@ -52,27 +52,44 @@ def rank(item: dict, validation_summary) -> dict:
             **selection(validation_summary, item["best_validation_loss"])}
 
 
+def exposure_weight(anomaly_exposure: float, train_anomalies: int, name: str) -> float:
+    """The exposure weight a fit uses: ``anomaly_exposure``, or 0 when the train split has no labelled anomaly."""
+    if anomaly_exposure > 0 and not train_anomalies:
+        LOGGER.info("candidate %s: no labelled anomalies in the train split, so it trains on normal beats alone "
+                    "(no anomaly exposure)", name)
+        return 0.0
+    return float(anomaly_exposure)
+
+
 def fit_from_files(config: CandidateConfig, transform, train_files: list, train_beats: int, validation_files: list,
-                   validation_beats: int, seed: int, verbose: int, shuffle_buffer: int):
+                   validation_beats: int, seed: int, verbose: int, shuffle_buffer: int, anomaly_exposure: float = 0.0,
+                   train_anomalies: int = 0, validation_anomalies: int = 0):
     """Fits ``config`` on the normal beats of ``train_files``, validating on those of ``validation_files``.
 
     Streams both through ``pipeline.beat_files.training_dataset`` (the training beats shuffled through
-    a buffer of ``shuffle_buffer``); returns the ``models.training.fit.TrainingResult``.
+    a buffer of ``shuffle_buffer``; a split of at most that many beats is cached in memory after the
+    first epoch); with ``anomaly_exposure`` > 0 and labelled anomalies in the train
+    split (``train_anomalies`` of them, ``validation_anomalies`` in validation) their anomalies join
+    both streams with that weight (``models.family.exposure``). Returns the
+    ``models.training.fit.TrainingResult``.
     """
     from models.training.fit import train_autoencoder
     from pipeline.beat_files import training_dataset
 
+    weight = exposure_weight(anomaly_exposure, train_anomalies, config.name)
     batch_size = config.fit_settings().batch_size
-    train = training_dataset(train_files, transform, train_beats, batch_size, shuffle_buffer, seed)
-    validation = training_dataset(validation_files, transform, validation_beats, batch_size)
-    return train_autoencoder(config, train, validation, seed=seed, verbose=verbose)
+    train = training_dataset(train_files, transform, train_beats, batch_size, shuffle_buffer, seed,
+                             anomaly_beats=train_anomalies if weight else None)
+    validation = training_dataset(validation_files, transform, validation_beats, batch_size,
+                                  anomaly_beats=validation_anomalies if weight else None, memory_beats=shuffle_buffer)
+    return train_autoencoder(config, train, validation, seed=seed, verbose=verbose, anomaly_weight=weight)
 
 
 class TrainCandidate(beam.DoFn):
     """Trains one candidate from the train/validation shards and exports its provisional detector."""
 
     def __init__(self, work_directory: str, transform_directory: str, seed: int, verbose: int, data: str,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, score_error: str = "mae"):
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, score_error: str = "mae", anomaly_exposure: float = 0.0):
         self.work_directory = work_directory
         self.transform_directory = transform_directory
         self.seed = seed
@@ -80,11 +97,13 @@ class TrainCandidate(beam.DoFn):
         self.data = data
         self.shuffle_buffer = shuffle_buffer
         self.score_error = score_error
+        self.anomaly_exposure = anomaly_exposure
 
     def setup(self):
         self.trained = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "candidates_trained")
 
-    def process(self, candidate_dict, train_files, validation_files, train_beats, validation_beats, transform_ready):
+    def process(self, candidate_dict, train_files, validation_files, train_beats, validation_beats, transform_ready,
+                train_anomalies=0, validation_anomalies=0):
         from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
         from pipeline.transform import TransformGraph
 
@@ -96,13 +115,15 @@ class TrainCandidate(beam.DoFn):
             raise ValueError(f"no normal validation beats in {self.data!r}: keeping the best weights and early "
                              "stopping need held-out normal (or unlabelled) beats; use more data or a larger "
                              "--validation_fraction")
-        LOGGER.info("training candidate %s (%s) on %d normal beats from %d shards, validating on %d", config.name,
-                    config.model, train_beats, len(train_files), validation_beats)
+        LOGGER.info("training candidate %s (%s) on %d normal beats (and %d labelled anomalies, exposure weight %g) "
+                    "from %d shards, validating on %d", config.name, config.model, train_beats, train_anomalies,
+                    self.anomaly_exposure, len(train_files), validation_beats)
         transform = TransformGraph(self.transform_directory)
         path = weights_path(self.work_directory, config.name)
         files.make_directories(files.dirname(path))
         result = fit_from_files(config, transform, train_files, train_beats, validation_files, validation_beats,
-                                self.seed, self.verbose, self.shuffle_buffer)
+                                self.seed, self.verbose, self.shuffle_buffer, self.anomaly_exposure,
+                                train_anomalies, validation_anomalies)
         result.model.save_weights(path)  # once: TensorFlow's ram:// appends to a file written again
         directory = detector_directory(self.work_directory, config.name)
         DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD,
@@ -120,6 +141,7 @@ class TrainCandidate(beam.DoFn):
             "epochs_run": result.epochs_run,
             "training_seconds": result.seconds,
             "parameter_count": result.parameter_count,
+            "anomaly_exposure": exposure_weight(self.anomaly_exposure, train_anomalies, config.name),
         }
 
 

@@ -85,7 +85,8 @@ def mean_scores(models: list, batches, score_error: str) -> list[float]:
 
 
 def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, work_directory: str,
-               train_files: list, validation_files: list, train_beats: int, validation_beats: int) -> tuple:
+               train_files: list, validation_files: list, train_beats: int, validation_beats: int,
+               train_anomalies: int = 0, validation_anomalies: int = 0) -> tuple:
     """Fits the selected candidate again on the train + validation normals; returns ``(best, threshold)`` for it.
 
     ``config`` is the TrainConfig. The refit runs the first fit's best epoch count (no early stopping:
@@ -93,7 +94,8 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
     Selection and calibration stay the first fit's, on held-out validation scores: the threshold is
     carried to the refit's scale by the ratio of the two models' mean scores on the train split's
     normals, which both learnt from (``thresholds.transfer_threshold``), never calibrated on beats
-    the refit has seen. ``best`` comes back with the refit's weights and a ``refit`` card entry.
+    the refit has seen. With anomaly exposure the labelled anomalies of both splits join the refit.
+    ``best`` comes back with the refit's weights and a ``refit`` card entry.
     """
     from pipeline.beat_files import training_dataset
     from pipeline.ecg_candidates import fit_from_files, weights_path
@@ -103,7 +105,8 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
                                     early_stopping_patience=0)
     result = fit_from_files(candidate, transform, list(train_files) + list(validation_files),
                             train_beats + validation_beats, validation_files, validation_beats, config.seed,
-                            config.verbose, config.shuffle_buffer)
+                            config.verbose, config.shuffle_buffer, config.anomaly_exposure,
+                            train_anomalies + validation_anomalies, validation_anomalies)
     path = weights_path(work_directory, f"{candidate.name}.refit")
     result.model.save_weights(path)
 
@@ -126,8 +129,13 @@ def refit_best(config, best: dict, threshold: thresholds.Threshold, transform, w
 
 def training_summary(best: dict) -> dict:
     """The card's account of what the exported weights learnt from: the first fit, and the refit if any."""
+    weight = best.get("anomaly_exposure", 0.0)
     first = {"splits": ["train"], "normal_beats": best.get("train_normal_beats"), "epochs_run": best["epochs_run"],
-             "best_epoch": best["best_epoch"], "early_stopping": "on the validation normals' loss"}
+             "best_epoch": best["best_epoch"],
+             "anomaly_exposure": {"weight": weight, "anomalies": best.get("train_anomalies", 0) if weight else 0,
+                                  "loss": "models.family.exposure.AnomalyExposureLoss" if weight else None},
+             "early_stopping": ("on the validation beats' exposure loss (normals and labelled anomalies)" if weight
+                                else "on the validation normals' loss")}
     refit = best.get("refit") or {"enabled": False}
     return {"first_fit": first, "refit": refit,
             "exported_weights": "refit on train + validation normals" if refit["enabled"] else "first fit"}
@@ -211,7 +219,8 @@ class ExportDetector(beam.DoFn):
         self.transform_directory = transform_directory
         self.work_directory = work_directory
 
-    def process(self, best, transform_ready, train_files, validation_files, train_beats, validation_beats):
+    def process(self, best, transform_ready, train_files, validation_files, train_beats, validation_beats,
+                train_anomalies=0, validation_anomalies=0):
         from models.detection.detector import SAVED_MODEL_DIRECTORY, DetectorModule
         from pipeline.transform import TransformGraph
 
@@ -219,10 +228,11 @@ class ExportDetector(beam.DoFn):
         LOGGER.info("threshold %.6f by %s (candidate %s)", threshold.value, threshold.method,
                     best["candidate"]["name"])
         transform = TransformGraph(self.transform_directory)
-        best = {**best, "train_normal_beats": int(train_beats)}
+        best = {**best, "train_normal_beats": int(train_beats), "train_anomalies": int(train_anomalies)}
         if self.config.refit:
             best, threshold = refit_best(self.config, best, threshold, transform, self.work_directory, train_files,
-                                         validation_files, train_beats, validation_beats)
+                                         validation_files, train_beats, validation_beats, train_anomalies,
+                                         validation_anomalies)
         detector = DetectorModule(transform, rebuild_model(best), threshold.value, score_error=self.config.score_error)
         detector.save(files.join(self.staging_directory, SAVED_MODEL_DIRECTORY))
         write_drift_reference(self.staging_directory, best["validation_summary"], score_scale(best))

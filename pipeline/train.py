@@ -8,7 +8,9 @@ Steps, each a Beam step whose memory does not grow with the data (``docs/pipelin
 2. in the same pass, every split is written once, raw, as sharded TFRecords under the run's work
    directory (``pipeline.beat_files``) and tensorflow-transform analyses the training normals;
 3. candidate autoencoders train, one Beam element each, streaming the shards through ``tf.data`` (the
-   TFT graph applied per batch), and export a provisional detector (``pipeline.ecg_candidates``);
+   TFT graph applied per batch; with ``--anomaly_exposure`` the train split's labelled anomalies join
+   every batch, pushed to reconstruct badly: ``models.family.exposure``), and export a provisional
+   detector (``pipeline.ecg_candidates``);
 4. each candidate's validation beats are scored by ``RunInference`` with that detector and reduced to
    a mergeable score summary (``pipeline.evaluation``); the best candidate by that summary wins;
 5. its threshold is calibrated from the summary; with ``--refit`` the winner is fitted again on the
@@ -39,7 +41,7 @@ import numpy as np
 
 from models.common import artifacts, files
 from models.common.flags import parse_beam_flags
-from models.ecg import shards
+from models.ecg import ANOMALY, shards
 from pipeline import evaluation, splits
 from pipeline.beat_files import FILE_SUFFIX, encode_chunk
 from pipeline.config import TrainConfig
@@ -103,8 +105,10 @@ def _materialise(split_chunks, work_directory: str) -> tuple[dict, list]:
     return written, by_split
 
 
-def _beat_count(split_chunks, label: str, normal_only: bool = False):
+def _beat_count(split_chunks, label: str, normal_only: bool = False, anomalies_only: bool = False):
     def count(chunk) -> int:
+        if anomalies_only:
+            return int(np.count_nonzero(np.asarray(chunk.is_anomaly) == ANOMALY))
         return len(training_normals(chunk)) if normal_only else len(chunk)
 
     return (split_chunks | f"Size {label}" >> beam.Map(count)
@@ -152,6 +156,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
     train_beats = _beat_count(train, "train normals", normal_only=True)
     validation_beats = _beat_count(validation, "validation normals", normal_only=True)
     test_beats = _beat_count(test, "test beats")
+    train_anomalies = _beat_count(train, "train anomalies", anomalies_only=True)
+    validation_anomalies = _beat_count(validation, "validation anomalies", anomalies_only=True)
 
     with tft_beam.Context(temp_dir=files.join(work_directory, "tft_tmp")):
         train_batches = (train | "TrainNormals" >> beam.Map(training_normals)
@@ -166,12 +172,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                | "SpreadCandidates" >> beam.Reshuffle()
                | "TrainCandidates" >> beam.ParDo(
                    TrainCandidate(work_directory, transform_directory, config.seed, config.verbose, config.data,
-                                  config.shuffle_buffer, config.score_error),
+                                  config.shuffle_buffer, config.score_error, config.anomaly_exposure),
                    train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
                    validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
                    train_beats=beam.pvalue.AsSingleton(train_beats),
                    validation_beats=beam.pvalue.AsSingleton(validation_beats),
-                   transform_ready=beam.pvalue.AsSingleton(transform_ready)))
+                   transform_ready=beam.pvalue.AsSingleton(transform_ready),
+                   train_anomalies=beam.pvalue.AsSingleton(train_anomalies),
+                   validation_anomalies=beam.pvalue.AsSingleton(validation_anomalies)))
     ranked = []
     for name in names:
         one = trained | f"Only {name}" >> beam.Filter(lambda item, name=name: item["candidate"]["name"] == name)
@@ -189,7 +197,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: TrainConfig, staging_directo
                                          train_files=beam.pvalue.AsList(shard_files[splits.TRAIN]),
                                          validation_files=beam.pvalue.AsList(shard_files[splits.VALIDATION]),
                                          train_beats=beam.pvalue.AsSingleton(train_beats),
-                                         validation_beats=beam.pvalue.AsSingleton(validation_beats)))
+                                         validation_beats=beam.pvalue.AsSingleton(validation_beats),
+                                         train_anomalies=beam.pvalue.AsSingleton(train_anomalies),
+                                         validation_anomalies=beam.pvalue.AsSingleton(validation_anomalies)))
 
     test_scored = exported | "Score test" >> evaluation.ScoreBeatFiles(staging_directory, shard_files[splits.TEST])
     test_summary = (test_scored | "Test pairs" >> beam.FlatMap(evaluation.score_pairs)

@@ -206,15 +206,18 @@ def committed_offsets(broker, group_id: str, topic: str) -> dict:
     return {partition: offset for partition, offset in offsets.items() if offset is not None and offset >= 0}
 
 
-def wait_until(condition, timeout_seconds: float, message: str, interval: float = 0.25):
-    """Polls ``condition()`` until it returns a truthy value; fails the test with ``message`` on timeout."""
+def wait_until(condition, timeout_seconds: float, message: str, interval: float = 0.25, detail=None):
+    """Polls ``condition()`` until it returns a truthy value; fails the test with ``message`` on timeout.
+
+    ``detail``, a callable returning text (a process's log tail), is added to the failure message.
+    """
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    pytest.fail(f"timed out after {timeout_seconds} s: {message}")
+    pytest.fail(f"timed out after {timeout_seconds} s: {message}" + (f"\n{detail()}" if detail else ""))
 
 
 class StreamProcess:

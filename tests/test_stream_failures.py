@@ -322,7 +322,8 @@ def test_sigterm_with_the_broker_down_exits_bounded_without_committing_unacknowl
             wait_until(lambda: relay.bytes_to_clients - before > payload, 60, "the stream fetched the open batch")
         relay.cut()
         if open_batch:
-            wait_until(lambda: "broker lost" in stream.log(), 60, "'broker lost' logged")
+            wait_until(lambda: "broker lost" in stream.log(), 60, "'broker lost' logged",
+                       detail=lambda: f"exit status {stream.process.poll()}; log:\n{stream.log()[-4000:]}")
         status = stream.terminate(timeout_seconds=SEND_TIMEOUT_SECONDS + 5 + 20)  # the bar plus slack for load
     finally:
         stream.close()

@@ -14,7 +14,8 @@ standard deviation; ``combine="rank"`` maps a score through the reference quanti
 [0, 1] (extended linearly beyond the extremes, so anomalies stay ordered). The reference is the
 beats of the fit's validation data (``reference="validation"``: held-out normal beats in
 `heartwatch train`) or its training data: ``fit`` calls ``set_reference`` once Keras has restored
-the best weights. The statistics are non-trainable variables, so they travel with the weights into
+the best weights (normal beats only: anomalies labelled for exposure, ``models.family.exposure``,
+are left out). The statistics are non-trainable variables, so they travel with the weights into
 the candidate's weights file and the exported SavedModel.
 """
 
@@ -30,6 +31,7 @@ import tensorflow as tf
 from models.ecg import BEAT_LENGTH
 from models.family.base import ECG_DOMAIN, Autoencoder
 from models.family.configs import config_from_dict
+from models.family.exposure import normal_inputs
 
 COMBINATIONS = ("zscore", "rank")
 REFERENCES = ("validation", "training")
@@ -85,13 +87,17 @@ def reference_statistics(scores: np.ndarray) -> dict:
 
 
 def _inputs_of(data) -> np.ndarray:
-    """The input beats of what Keras's fit takes: an array, an ``(inputs, targets)`` pair or a dataset."""
+    """The normal input beats of what Keras's fit takes: an array, an ``(inputs, targets)`` pair or a dataset.
+
+    Beats labelled as anomalies in exposure targets (``models.family.exposure``) are left out.
+    """
     if isinstance(data, tuple):
-        return np.asarray(data[0], np.float32)
+        return normal_inputs(*data)
     if isinstance(data, tf.data.Dataset):
-        return np.concatenate([np.asarray(batch[0] if isinstance(batch, tuple) else batch) for batch in data])
+        return np.concatenate([normal_inputs(*batch) if isinstance(batch, tuple) else np.asarray(batch)
+                               for batch in data])
     if isinstance(data, keras.utils.PyDataset):
-        return np.concatenate([np.asarray(data[index][0]) for index in range(len(data))])
+        return np.concatenate([normal_inputs(*data[index][:2]) for index in range(len(data))])
     return np.asarray(data, np.float32)
 
 
@@ -184,7 +190,8 @@ class EnsembleAutoencoder(Autoencoder):
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
         """Keras's fit, then ``set_reference`` on the validation (or training) inputs with the restored weights."""
         history = super().fit(x, y, *args, validation_data=validation_data, **kwargs)
-        reference = x if self.config.reference == "training" or validation_data is None else validation_data
+        training_data = x if y is None else (x, y)
+        reference = training_data if self.config.reference == "training" or validation_data is None else validation_data
         self.set_reference(_inputs_of(reference))
         return history
 

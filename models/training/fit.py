@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from models.family import registry
+from models.family.exposure import AnomalyExposureLoss
 from models.training.candidates import CandidateConfig
 from models.training.settings import FitSettings
 
@@ -85,6 +86,13 @@ def _keras_data(data, role: str):
     return inputs, targets
 
 
+def training_loss(settings: FitSettings):
+    """The compiled loss: ``settings.loss`` by name, or with anomaly exposure its ``AnomalyExposureLoss``."""
+    if settings.anomaly_weight > 0:
+        return AnomalyExposureLoss(base=settings.loss, weight=settings.anomaly_weight)
+    return settings.loss
+
+
 def fit(model: keras.Model, train, validation, settings: FitSettings, checkpoint_path: str | None = None,
         verbose: int = 2, name: str | None = None) -> TrainingResult:
     """Fits ``model`` on ``train``, validating on ``validation``; returns it with its best-``val_loss`` weights.
@@ -99,7 +107,7 @@ def fit(model: keras.Model, train, validation, settings: FitSettings, checkpoint
     else:
         inputs = {"x": train_data[0], "y": train_data[1], "batch_size": settings.batch_size, "shuffle": True}
     validation_data = _keras_data(validation, "validation")
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=settings.loss)
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=training_loss(settings))
     best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
                                          restore_best_weights=True)
     callbacks = [best]
@@ -121,15 +129,18 @@ def fit(model: keras.Model, train, validation, settings: FitSettings, checkpoint
 
 
 def train_autoencoder(config: CandidateConfig, train_inputs, validation_inputs, seed: int = 0,
-                      checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
+                      checkpoint_path: str | None = None, verbose: int = 2,
+                      anomaly_weight: float = 0.0) -> TrainingResult:
     """Builds the seeded model of ``config`` and fits it to ``train_inputs``, keeping the best ``val_loss`` weights.
 
     Inputs are beat arrays (their own targets), ``tf.data`` datasets of beat batches (streamed from files,
     their own targets) or datasets of ``(inputs, targets)`` batches, as ``fit`` takes them;
-    ``checkpoint_path`` and ``verbose`` are ``fit``'s.
+    ``checkpoint_path`` and ``verbose`` are ``fit``'s. ``anomaly_weight`` > 0 trains with anomaly
+    exposure: the targets (training and validation) are then ``models.family.exposure.labelled_targets``.
     """
     config.check_model()
     keras.utils.set_random_seed(seed)
     model = registry.build(config.model, config.parameters)
-    return fit(model, train_inputs, validation_inputs, config.fit_settings(), checkpoint_path=checkpoint_path,
+    settings = dataclasses.replace(config.fit_settings(), anomaly_weight=anomaly_weight)
+    return fit(model, train_inputs, validation_inputs, settings, checkpoint_path=checkpoint_path,
                verbose=verbose, name=f"candidate {config.name}")
