@@ -210,7 +210,7 @@ class DenoiseTrainConfig:
                                   default="{}")
     noise: str = field("training noise kind[:amount]: gaussian:0.2 (tutorial), gaussian:0.6 (book), speckle, "
                        "salt_and_pepper", default="gaussian:0.2")
-    epochs: int = field("most epochs", default=48)
+    epochs: int = field("most epochs", default=96)
     batch_size: int = field("images per step", default=32)
     learning_rate: float = field("Adam learning rate (the start of the cosine decay, after any warm-up)", default=2e-3)
     loss: str = field(f"{', '.join(DENOISER_LOSSES)} (psnr: minus the per-image PSNR, so the mean PSNR itself)",
@@ -228,6 +228,9 @@ class DenoiseTrainConfig:
                            "natively, else float32), float32 or mixed_bfloat16; the export is float32",
                            default="auto")
     shuffle_buffer: int = field("training images in the shuffle buffer (bounds memory)", default=4096)
+    time_budget_minutes: float = field("stop training at the last epoch that fits in this many minutes, the "
+                                       "learning-rate decay shortened to end there (0: always run --epochs)",
+                                       default=8.0)
     validation_fraction: float = field("share for validation (picks the best epoch; 0.03 leaves more to train on)",
                                        default=0.03)
     test_fraction: float = field("share held out for the model card metrics (Fashion-MNIST uses its test set)",
@@ -256,6 +259,8 @@ class DenoiseTrainConfig:
         if not 0 <= self.warmup_epochs < self.epochs or self.weight_decay < 0:
             raise ValueError(f"need 0 <= --warmup_epochs < --epochs and --weight_decay >= 0, got {self.warmup_epochs} "
                              f"and {self.weight_decay}")
+        if not self.time_budget_minutes >= 0:
+            raise ValueError(f"need --time_budget_minutes >= 0 (0: no budget), got {self.time_budget_minutes}")
         if self.max_images is not None and self.max_images < 3:
             raise ValueError(f"--max_images must be >= 3 (train, validation, test), got {self.max_images}")
         _check_choice(self, "verbose", VERBOSITIES)
@@ -281,7 +286,7 @@ class DenoiseTrainConfig:
                                       patch_size=self.patch_size, flip=self.flip,
                                       shuffle_buffer=self.shuffle_buffer, shift=self.shift,
                                       warmup_epochs=self.warmup_epochs, weight_decay=self.weight_decay,
-                                      precision=self.precision)
+                                      precision=self.precision, time_budget_minutes=self.time_budget_minutes)
 
     def deep_checks(self) -> None:
         """Checks the noise and fit settings (Keras); the job runs this before any work."""

@@ -153,6 +153,7 @@ def build_model_card(config: DenoiseTrainConfig, result, shapes: dict, test_metr
                      "schedule": training.schedule, "warmup_epochs": training.warmup_epochs,
                      "weight_decay": training.weight_decay, "patch_size": training.patch_size, "flip": training.flip,
                      "shift": training.shift, "precision": training.precision,
+                     "time_budget_minutes": training.time_budget_minutes,
                      "dtype_policy": result.dtype_policy,
                      "shuffle_buffer": training.shuffle_buffer, "input": "record shards streamed through tf.data",
                      "best_validation_loss": result.best_validation_loss, "seconds": round(result.seconds, 2)},

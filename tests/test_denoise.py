@@ -21,7 +21,7 @@ from models.common import files
 from models.family import denoisers, registry
 from models.images import io as images
 from models.images import noise, quality, records, sets
-from models.training import denoise_data, denoising
+from models.training import denoise_data, denoising, time_budget
 from pipeline import denoise, denoise_plan, denoise_read, denoise_shards, denoise_steps, denoise_train, denoise_write
 from pipeline.config import DenoiseTrainConfig
 
@@ -266,6 +266,45 @@ def test_warm_up_then_cosine_and_adamw_when_weight_decay_is_set():
     for bad in ({"warmup_epochs": 4}, {"warmup_epochs": -1}, {"weight_decay": -0.1}, {"shift": -1}):
         with pytest.raises(ValueError, match="need"):
             denoising.DenoiserTrainingConfig(epochs=4, **bad)
+
+
+def test_affordable_epochs_fit_the_budget_leaving_out_the_first_epochs_tracing():
+    assert time_budget.affordable_epochs(96, [10.0], 600) == 96, "the first (tracing) epoch alone decides nothing"
+    assert time_budget.affordable_epochs(96, [700.0], 600) == 1, "unless it spent the budget"
+    assert time_budget.affordable_epochs(96, [30.0, 10.0], 100) == 8, "the first epoch is not typical"
+    assert time_budget.affordable_epochs(96, [30.0, 5.0, 20.0, 5.0], 100) == 12, "the median of the later epochs"
+    assert time_budget.affordable_epochs(96, [30.0, 5.0, 5.0], 600) == 96, "never more than planned"
+    assert time_budget.affordable_epochs(96, [50.0, 60.0], 100) == 2, "never fewer than already run"
+    with pytest.raises(ValueError, match="at least one epoch timed"):
+        time_budget.affordable_epochs(96, [], 100)
+
+
+def test_a_time_budget_stops_training_and_ends_the_cosine_decay_at_the_new_last_epoch():
+    inputs = np.random.default_rng(0).random((8, 3)).astype(np.float32)
+
+    def fit(budget_seconds):
+        ticks = iter(range(0, 10_000, 5))  # every epoch takes 5 s on this clock
+        schedule = time_budget.CosineSchedule(1e-2, decay_steps=20, floor=0.02)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
+        model.compile(keras.optimizers.Adam(schedule), "mse")
+        budget = time_budget.TimeBudget(budget_seconds, planned_epochs=10, steps_per_epoch=2, schedule=schedule,
+                                        clock=lambda: next(ticks))
+        history = model.fit(inputs, inputs, batch_size=4, epochs=10, callbacks=[budget], verbose=0, shuffle=False)
+        return len(history.history["loss"]), int(model.optimizer.iterations), schedule, budget
+
+    epochs, steps, schedule, budget = fit(22)
+    assert (epochs, steps, budget.epochs, budget.planned_epochs) == (4, 8, 4, 10)
+    assert float(schedule(4)) == pytest.approx(1e-2 * (0.02 + 0.98 / 2), rel=1e-4), "half-way at epoch 2 of 4"
+    assert float(schedule(8)) == pytest.approx(1e-2 * 0.02), "the decay ends with the last step run"
+    epochs, steps, schedule, budget = fit(1000)
+    assert (epochs, steps, budget.epochs) == (10, 20, 10) and int(schedule.decay_steps.numpy()) == 20
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert copy.get_config() == schedule.get_config() and float(copy(10)) == pytest.approx(float(schedule(10)))
+    assert DenoiseTrainConfig(time_budget_minutes=2.5).training_config().time_budget_minutes == 2.5
+    with pytest.raises(ValueError, match="--time_budget_minutes >= 0"):
+        DenoiseTrainConfig(time_budget_minutes=-1)
+    with pytest.raises(ValueError, match="time_budget_minutes >= 0"):
+        denoising.DenoiserTrainingConfig(time_budget_minutes=-1)
 
 
 def test_psnr_loss_is_minus_the_per_image_psnr():

@@ -7,7 +7,9 @@ patches) against validation images with fixed, seeded noise, so ``val_loss`` is 
 epochs. ``fit_denoiser`` is Keras ``fit`` with the optimiser (Adam, or AdamW with weight decay) and the
 learning-rate schedule of the config (cosine decay by default, after an optional linear warm-up;
 ``plateau`` or ``constant``), the best-``val_loss`` weights restored (``EarlyStopping``,
-patience 0 = off) and an optional best-only checkpoint; it returns ``models.training.fit``'s
+patience 0 = off), an optional best-only checkpoint and a time budget (``time_budget_minutes``: fewer
+epochs, with the decay shortened to match, where the planned ones would not fit:
+``models.training.time_budget``); it returns ``models.training.fit``'s
 ``TrainingResult``. ``precision`` (``auto`` by default) trains in mixed bfloat16 where the machine computes
 bfloat16 natively (``native_bfloat16``: a CPU with AVX-512 BF16 or AMX, or a GPU of compute capability 8 or
 more) and in float32 elsewhere; the returned model is always a float32 copy of the trained weights, so an
@@ -34,6 +36,7 @@ from models.images.quality import psnr, ssim
 from models.training import denoise_data
 from models.training.fit import MONITOR, TrainingResult
 from models.training.settings import DENOISER_LOSSES, PRECISIONS, SCHEDULES, FitSettings
+from models.training.time_budget import CosineSchedule, TimeBudget
 
 LOGGER = logging.getLogger(__name__)
 PSNR_EPSILON = 1e-10
@@ -51,7 +54,7 @@ class DenoiserTrainingConfig:
     model: str = DEFAULT_MODEL
     parameters: dict = dataclasses.field(default_factory=dict)
     noise: str = "gaussian:0.2"
-    epochs: int = 48
+    epochs: int = 96
     batch_size: int = 32
     learning_rate: float = 2e-3
     loss: str = "psnr"
@@ -64,6 +67,7 @@ class DenoiserTrainingConfig:
     warmup_epochs: float = 0.0
     weight_decay: float = 0.0
     precision: str = "auto"
+    time_budget_minutes: float = 8.0
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -80,6 +84,8 @@ class DenoiserTrainingConfig:
         if not 0 <= self.warmup_epochs < self.epochs or self.weight_decay < 0:
             raise ValueError(f"need 0 <= warmup_epochs < epochs and weight_decay >= 0, got {self.warmup_epochs} and "
                              f"{self.weight_decay}")
+        if not self.time_budget_minutes >= 0:
+            raise ValueError(f"need time_budget_minutes >= 0 (0: no budget), got {self.time_budget_minutes}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.fit_settings()
@@ -109,22 +115,18 @@ def loss_function(name: str):
 
 def learning_rate(config: DenoiserTrainingConfig, steps_per_epoch: int):
     """The optimiser's learning rate: for ``cosine``, a linear warm-up from ``COSINE_FLOOR`` of the rate over
-    ``warmup_epochs``, then a cosine decay over the remaining steps down to ``COSINE_FLOOR`` of it; else the
-    constant rate."""
+    ``warmup_epochs``, then a cosine decay over the remaining steps down to ``COSINE_FLOOR`` of it
+    (``models.training.time_budget.CosineSchedule``, which a time budget can shorten); else the constant rate."""
     if config.schedule != "cosine":
         return config.learning_rate
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     decay_steps = max(1, config.epochs * steps_per_epoch - warmup_steps)
-    if not warmup_steps:
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps, alpha=COSINE_FLOOR)
-    return keras.optimizers.schedules.CosineDecay(config.learning_rate * COSINE_FLOOR, decay_steps,
-                                                  alpha=COSINE_FLOOR, warmup_target=config.learning_rate,
-                                                  warmup_steps=warmup_steps)
+    return CosineSchedule(config.learning_rate, decay_steps, COSINE_FLOOR, warmup_steps)
 
 
-def optimizer(config: DenoiserTrainingConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW when ``weight_decay`` > 0, on ``learning_rate``'s schedule."""
-    rate = learning_rate(config, steps_per_epoch)
+def optimizer(config: DenoiserTrainingConfig, steps_per_epoch: int, rate=None) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW when ``weight_decay`` > 0, on ``rate`` (default: ``learning_rate``'s schedule)."""
+    rate = learning_rate(config, steps_per_epoch) if rate is None else rate
     if config.weight_decay:
         return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(rate)
@@ -134,10 +136,14 @@ def fit_denoiser(model: keras.Model, train, validation, config: DenoiserTraining
                  checkpoint_path: str | None = None, verbose: int = 2) -> TrainingResult:
     """Compiles and fits ``model`` on ``(noisy, clean)`` datasets; returns it with its best-``val_loss`` weights."""
     settings = config.fit_settings()
-    model.compile(optimizer=optimizer(config, steps_per_epoch), loss=loss_function(config.loss))
+    rate = learning_rate(config, steps_per_epoch)
+    model.compile(optimizer=optimizer(config, steps_per_epoch, rate), loss=loss_function(config.loss))
     best = keras.callbacks.EarlyStopping(monitor=MONITOR, patience=settings.early_stopping_patience or settings.epochs,
                                          restore_best_weights=True)
     callbacks = [best]
+    if config.time_budget_minutes:
+        callbacks.append(TimeBudget(config.time_budget_minutes * 60, settings.epochs, steps_per_epoch,
+                                    rate if isinstance(rate, CosineSchedule) else None))
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, factor=PLATEAU_FACTOR,
                                                            patience=PLATEAU_PATIENCE))
