@@ -240,6 +240,24 @@ def test_space_to_depth_unet_folds_pixel_blocks_and_survives_save_and_load(tmp_p
         denoisers.build_denoiser("unet_denoiser", 1, {"space_to_depth": 0})
 
 
+def test_residual_unet_blocks_add_their_input_and_round_trip(tmp_path):
+    batch = np.random.default_rng(1).random((2, 8, 12, 1)).astype(np.float32)
+    plain = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4})
+    residual = denoisers.build_denoiser("unet_denoiser", 1, {"filters": 4, "residual_blocks": True})
+    plain(batch), residual(batch)
+    adds = [layer for part in (residual.encoder, residual.decoder) for layer in part.layers
+            if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 5, "one per block: two encoder levels, the bottom and two decoder levels"
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.encoder.layers + plain.decoder.layers)
+    projections = (1 * 4 + 4) + (4 * 8 + 8) + (8 * 16 + 16) + (16 * 8 + 8) + (8 * 4 + 4)
+    assert residual.count_params() == plain.count_params() + projections, "a 1x1 projection where widths change"
+    path = str(tmp_path / "residual.keras")
+    residual.save(path)
+    loaded = registry.load(path)
+    assert loaded.config.residual_blocks and loaded.config == residual.config
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), residual.predict(batch, verbose=0), atol=1e-6)
+
+
 def test_cosine_schedule_decays_over_every_step_and_configs_are_checked():
     config = denoising.DenoiserTrainingConfig(epochs=4, learning_rate=2e-3)
     schedule = denoising.learning_rate(config, steps_per_epoch=10)

@@ -142,6 +142,8 @@ class UNetDenoiserConfig:
     convolutions per level. ``space_to_depth`` > 1 first folds each ``space_to_depth`` x
     ``space_to_depth`` block of pixels into channels (as FFDNet, Zhang et al. 2018, does) so the
     U-Net works at that fraction of the resolution, and unfolds the noise estimate back.
+    ``residual_blocks`` adds each level's input to the output of its convolutions (through a 1x1
+    convolution where the widths differ) before the last activation, as in a ResNet block.
     """
 
     channels: int = 1
@@ -150,6 +152,7 @@ class UNetDenoiserConfig:
     flip_ensemble: bool = True
     convolutions: int = 2
     space_to_depth: int = 1
+    residual_blocks: bool = False
 
     def __post_init__(self):
         _check_channels(self.channels)
@@ -158,10 +161,19 @@ class UNetDenoiserConfig:
                              f"space_to_depth >= 1, got {self}")
 
 
-def _convolutions(tensor, filters: int, count: int):
-    for _ in range(count):
-        tensor = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(tensor)
-    return tensor
+def _convolutions(tensor, filters: int, count: int, residual: bool = False):
+    """``count`` 3x3 ReLU convolutions; ``residual``: the input (1x1-projected to ``filters`` if need be) is
+    added before the last ReLU."""
+    start = tensor
+    for index in range(count):
+        last = index == count - 1
+        tensor = keras.layers.Conv2D(filters, 3, padding="same", activation=None if residual and last else "relu")(
+            tensor)
+    if not residual:
+        return tensor
+    if start.shape[-1] != filters:
+        start = keras.layers.Conv2D(filters, 1)(start)
+    return keras.layers.Activation("relu")(keras.layers.Add()([start, tensor]))
 
 
 @keras.saving.register_keras_serializable(package="heartwatch")
@@ -208,17 +220,19 @@ class UNetDenoiser(Autoencoder):
         block = config.space_to_depth
         inputs = keras.Input((None, None, config.channels))
         features, tensor = [], SpaceToDepth(block)(inputs) if block > 1 else inputs
+        residual = config.residual_blocks
         for width in widths[:-1]:
-            tensor = _convolutions(tensor, width, config.convolutions)
+            tensor = _convolutions(tensor, width, config.convolutions, residual)
             features.append(tensor)
             tensor = keras.layers.MaxPooling2D()(tensor)
-        features.append(_convolutions(tensor, widths[-1], config.convolutions))
+        features.append(_convolutions(tensor, widths[-1], config.convolutions, residual))
         self.encoder = keras.Model(inputs, features, name="encoder")
         skips = [keras.Input((None, None, width)) for width in widths]
         tensor = skips[-1]
         for width, skip in zip(reversed(widths[:-1]), reversed(skips[:-1])):
             tensor = keras.layers.Conv2DTranspose(width, 2, strides=2, padding="same")(tensor)
-            tensor = _convolutions(keras.layers.Concatenate()([tensor, skip]), width, config.convolutions)
+            tensor = _convolutions(keras.layers.Concatenate()([tensor, skip]), width, config.convolutions,
+                                   residual)
         noise = keras.layers.Conv2D(config.channels * block ** 2, 1)(tensor)
         self.decoder = keras.Model(skips, SpaceToDepth(block, inverse=True)(noise) if block > 1 else noise,
                                    name="decoder")
