@@ -115,15 +115,16 @@ class TrainCandidate(beam.DoFn):
             raise ValueError(f"no normal validation beats in {self.data!r}: keeping the best weights and early "
                              "stopping need held-out normal (or unlabelled) beats; use more data or a larger "
                              "--validation_fraction")
+        weight = exposure_weight(self.anomaly_exposure, train_anomalies, config.name)
         LOGGER.info("training candidate %s (%s) on %d normal beats (and %d labelled anomalies, exposure weight %g) "
                     "from %d shards, validating on %d", config.name, config.model, train_beats, train_anomalies,
-                    self.anomaly_exposure, len(train_files), validation_beats)
+                    weight, len(train_files), validation_beats)
         transform = TransformGraph(self.transform_directory)
         path = weights_path(self.work_directory, config.name)
         files.make_directories(files.dirname(path))
         result = fit_from_files(config, transform, train_files, train_beats, validation_files, validation_beats,
-                                self.seed, self.verbose, self.shuffle_buffer, self.anomaly_exposure,
-                                train_anomalies, validation_anomalies)
+                                self.seed, self.verbose, self.shuffle_buffer, weight, train_anomalies,
+                                validation_anomalies)
         result.model.save_weights(path)  # once: TensorFlow's ram:// appends to a file written again
         directory = detector_directory(self.work_directory, config.name)
         DetectorModule(TransformGraph(self.transform_directory), result.model, PROVISIONAL_THRESHOLD,
@@ -141,7 +142,7 @@ class TrainCandidate(beam.DoFn):
             "epochs_run": result.epochs_run,
             "training_seconds": result.seconds,
             "parameter_count": result.parameter_count,
-            "anomaly_exposure": exposure_weight(self.anomaly_exposure, train_anomalies, config.name),
+            "anomaly_exposure": weight,
         }
 
 
