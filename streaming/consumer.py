@@ -255,8 +255,7 @@ class StreamProcessor:
                 timeout_ms = IN_FLIGHT_POLL_TIMEOUT_MS
             else:
                 timeout_ms = config.poll_timeout_ms
-            polled = self.consumer.poll(timeout_ms=timeout_ms,
-                                        max_records=max(1, config.batch_size - len(self._pending)))
+            polled = self._poll(timeout_ms, max(1, config.batch_size - len(self._pending)))
             with self._batch_lock:
                 for partition_records in polled.values():
                     if not self._pending:
@@ -267,6 +266,20 @@ class StreamProcessor:
             with self._batch_lock:
                 self.commits.commit_acknowledged()
             self._update_lag()
+
+    def _poll(self, timeout_ms: int, max_records: int) -> dict:
+        """``consumer.poll``. A retriable Kafka error (the connection refused while the broker is away, which
+        kafka-python can raise from a group rejoin) is logged and reads as an empty poll after the timeout
+        (at least ``config.poll_timeout_ms``), so a lasting outage is the broker monitor's to report; any
+        other Kafka error stops the stream."""
+        try:
+            return self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as error:
+            if not error.retriable:
+                raise
+            LOGGER.warning("poll failed (%s: %s); polling again", type(error).__name__, error)
+            self._stop.wait(max(timeout_ms, self.config.poll_timeout_ms) / 1000.0)
+            return {}
 
     def _commit_positions(self) -> None:
         """The final synchronous commit; exit 1 after one line when the broker is lost (it would block) or did
